@@ -1,0 +1,60 @@
+"""The `retrofit` console script: one verb per module in `retrofit.commands`.
+
+Usage: `retrofit VERB --help`. Verbs are imported lazily so that `retrofit env` or
+`retrofit inspect` start in well under a second, without importing deepspeed, peft or lm-eval.
+Each verb module exposes `add_arguments(parser)` and `run(args) -> int`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# verb -> (module under retrofit.commands, one-line help)
+VERBS: dict[str, tuple[str, str]] = {
+    "env": ("env", "print library versions (for bug reports)"),
+    "tiny-llada": ("tiny_llada", "write a tiny random LLaDA checkpoint in the official layout"),
+    "verify-llada": ("verify_llada", "check that a LLaDA checkpoint loads natively; print tokenizer facts"),
+    "graft": ("graft", "graft time conditioning + length head onto a LLaDA checkpoint -> FlexMDM"),
+    "train": ("train", "fine-tune from a YAML recipe on one process (accelerate launch -m retrofit.train for many)"),
+    "export": ("export", "training checkpoint -> merged, verified safetensors folder"),
+    "inspect": ("inspect", "say what a checkpoint folder is and what is wrong with it"),
+    "generate": ("generate", "sample from a FlexMDM or LLaDA folder"),
+    "infill": ("infill", "fill the middle between a prefix and a suffix"),
+    "eval": ("eval", "evaluate: gsm8k, humaneval-infill, length, lm-eval"),
+    "demo": ("demo", "the whole pipeline on a tiny model, on CPU"),
+    "bench": ("bench", "training-step / sampler / collator benchmarks"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Top-level parser with one sub-parser per verb (verb arguments are added lazily)."""
+    parser = argparse.ArgumentParser(
+        prog="retrofit", description="Turn LLaDA masked-diffusion LMs into FlexMDMs."
+    )
+    sub = parser.add_subparsers(dest="verb", metavar="VERB")
+    for verb, (_, help_text) in VERBS.items():
+        sub.add_parser(verb, help=help_text, add_help=False)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `retrofit` console script. Returns the process exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in VERBS:
+        parser = build_parser()
+        if argv and argv[0] not in ("-h", "--help"):
+            parser.error(f"unknown verb {argv[0]!r}; choose one of: {', '.join(VERBS)}")
+        parser.print_help()
+        return 0 if argv else 2
+    verb, rest = argv[0], argv[1:]
+    module = importlib.import_module(f"retrofit.commands.{VERBS[verb][0]}")
+    parser = argparse.ArgumentParser(prog=f"retrofit {verb}", description=VERBS[verb][1])
+    module.add_arguments(parser)
+    args = parser.parse_args(rest)
+    return int(module.run(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
