@@ -1,0 +1,427 @@
+"""FlexMDM joint interpolant: training times, hitting times -> noisy canvas x_t, gaps and targets.
+
+Implements spec §1.3-1.5 (hitting times, compaction, gaps, prompt protection) and §3.5 (stratified
+time sampling), with the invariants and test vectors of spec §7.1. Everything is vectorised over
+batch and sequence and stays on the device of its inputs.
+
+Typical use in a collator::
+
+    t = sample_times(B, world_size=W, rank=r, generator=g)
+    sample = sample_interpolant(x1, x1_mask, t, prompt_mask, make_schedule("geometric"),
+                                make_schedule("linear"), mask_id=mask_id, pad_id=pad_id, generator=g)
+    sample = trim_to_longest(sample)   # columns up to max(n); the model appends the length slot
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from retrofit.schedules import (
+    Schedule,
+    draw_uniform,
+    make_schedule,
+    sample_hitting_times,
+    sample_unmasking_times,
+)
+
+__all__ = [
+    "IGNORE_INDEX",
+    "InterpolantSample",
+    "band_order",
+    "banded_strata",
+    "banded_times",
+    "build_x_t",
+    "sample_interpolant",
+    "sample_times",
+    "trim_to_longest",
+]
+
+IGNORE_INDEX = -100
+"""Value of ``targets`` at slots without an unmasking target."""
+
+UNMASK_RATE_EPS = 1e-6
+"""Guard of the unmasking weight 1 / (1 - t + 1e-6) (spec §3.2)."""
+
+
+# --------------------------------------------------------------------------- training times (§3.5)
+
+
+def _tau_to_t(tau: Tensor, t_min: float) -> Tensor:
+    """t = (1 - t_min) tau + t_min in float64, returned as float32 strictly below 1."""
+    t = ((1.0 - t_min) * tau + t_min).float()
+    return t.clamp(max=torch.nextafter(torch.tensor(1.0), torch.tensor(0.0)).item())
+
+
+def sample_times(
+    batch_size: int,
+    *,
+    world_size: int = 1,
+    rank: int = 0,
+    t_min: float = 1e-3,
+    stratified: bool = True,
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+    u: Tensor | None = None,
+) -> Tensor:
+    """Training times of one micro-batch (spec §3.5).
+
+    Stratified ("low-discrepancy"): tau_i = (rank * B + i + u_i) / (B * W), so the W ranks of one
+    micro-step jointly cover W * B equal strata of [0, 1). Otherwise tau_i = u_i. Then
+    t = (1 - t_min) tau + t_min. Example: B = 4, W = 1, u = 0.5 -> t = [0.125875, 0.375625,
+    0.625375, 0.875125].
+
+    Args:
+        batch_size: B, samples on this rank.
+        world_size: W, number of data-parallel ranks.
+        rank: this rank, 0 <= rank < W.
+        t_min: lower clamp of t (1e-3 in the retrofit).
+        stratified: use the low-discrepancy draw.
+        generator: torch.Generator for u (give each rank its own stream).
+        device: device of the result.
+        u: optional U[0, 1) draws [B] overriding the generator (for tests).
+
+    Returns:
+        t: float32 [B] in [t_min, 1).
+
+    Raises:
+        ValueError: bad batch_size / world_size / rank / t_min, or u of the wrong shape.
+    """
+    _check_ranks(batch_size, world_size, rank)
+    if not 0.0 <= t_min < 1.0:
+        raise ValueError(f"sample_times: t_min must be in [0, 1), got {t_min}")
+    u = _uniforms(batch_size, u, generator, device)
+    if stratified:
+        tau = (rank * batch_size + torch.arange(batch_size, device=u.device) + u) / (batch_size * world_size)
+    else:
+        tau = u
+    return _tau_to_t(tau, t_min)
+
+
+def band_order(num_micro_steps: int, *, seed: int = 0, step: int = 0) -> Tensor:
+    """Permutation [G] (long, CPU) of bands to micro-steps for one optimizer step.
+
+    Deterministic in (seed, step) only, so every rank computes the same permutation.
+    """
+    gen = torch.Generator().manual_seed(_mix_seed("bands", seed, step))
+    return torch.randperm(num_micro_steps, generator=gen)
+
+
+def banded_strata(
+    num_micro_steps: int,
+    micro_batch: int,
+    world_size: int,
+    rank: int,
+    micro_step: int,
+    *,
+    seed: int = 0,
+    step: int = 0,
+    shuffle_bands: bool = True,
+) -> Tensor:
+    """Stratum indices [B] (long, CPU) of (rank, micro_step) within one optimizer step.
+
+    The N = G * W * B strata of [0, 1) are cut into G contiguous bands of W * B strata. Micro-step k
+    gets band b = band_order(G)[k] (or b = k without shuffling), the same on every rank; inside the
+    band the ranks are interleaved: stratum = b * (W * B) + i * W + rank, i = 0..B-1. Over the
+    optimizer step the strata are exactly 0..N-1 once each, as in plain stratified sampling of the
+    global batch, while each micro-step covers one band of t (similar t -> similar canvas widths).
+    """
+    _check_ranks(micro_batch, world_size, rank)
+    if not 0 <= micro_step < num_micro_steps:
+        raise ValueError(f"banded_strata: micro_step must be in [0, {num_micro_steps}), got {micro_step}")
+    band = int(band_order(num_micro_steps, seed=seed, step=step)[micro_step]) if shuffle_bands else micro_step
+    return band * world_size * micro_batch + torch.arange(micro_batch) * world_size + rank
+
+
+def banded_times(
+    num_micro_steps: int,
+    micro_batch: int,
+    world_size: int,
+    rank: int,
+    micro_step: int,
+    *,
+    seed: int = 0,
+    step: int = 0,
+    t_min: float = 1e-3,
+    shuffle_bands: bool = True,
+    generator: torch.Generator | None = None,
+    u: Tensor | None = None,
+    device: torch.device | str | None = None,
+) -> Tensor:
+    """Banded stratified times t [B] for one micro-batch (spec §3.5, banded variant).
+
+    tau = (stratum + u) / (G * W * B) with the strata of :func:`banded_strata`, then
+    t = (1 - t_min) tau + t_min. Determinism: the band assignment depends only on (seed, step)
+    (shared by all ranks); u comes from ``u``, else ``generator``, else a generator seeded from
+    (seed, step, micro_step, rank), so every rank draws its own u and a rerun reproduces it.
+
+    Args:
+        num_micro_steps: G, gradient-accumulation micro-steps per optimizer step.
+        micro_batch: B, samples per micro-batch and rank.
+        world_size: W. rank: this rank. micro_step: k in [0, G).
+        seed: run seed shared by all ranks. step: optimizer step index.
+        t_min: lower clamp of t. shuffle_bands: permute bands over micro-steps.
+        generator: optional generator for u. u: optional U[0, 1) draws [B].
+        device: device of the result.
+
+    Returns:
+        t: float32 [B] in [t_min, 1).
+    """
+    strata = banded_strata(
+        num_micro_steps,
+        micro_batch,
+        world_size,
+        rank,
+        micro_step,
+        seed=seed,
+        step=step,
+        shuffle_bands=shuffle_bands,
+    )
+    if u is None and generator is None:
+        generator = torch.Generator().manual_seed(_mix_seed("u", seed, step, micro_step, rank))
+    u = _uniforms(micro_batch, u, generator, device)
+    tau = (strata.to(u.device) + u) / (num_micro_steps * world_size * micro_batch)
+    return _tau_to_t(tau, t_min)
+
+
+def _check_ranks(batch_size: int, world_size: int, rank: int) -> None:
+    if batch_size < 1 or world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(
+            f"need batch_size >= 1, world_size >= 1, 0 <= rank < world_size; got {batch_size}, {world_size}, {rank}"
+        )
+
+
+def _uniforms(n: int, u: Tensor | None, generator: torch.Generator | None, device: Any) -> Tensor:
+    if u is None:
+        return draw_uniform((n,), generator=generator, device=device)
+    if u.shape != (n,):
+        raise ValueError(f"u must have shape ({n},), got {tuple(u.shape)}")
+    return u.to(device=device if device is not None else u.device, dtype=torch.float64)
+
+
+def _mix_seed(*parts: Any) -> int:
+    """Platform-independent 63-bit seed from a tuple of ints/strings."""
+    digest = hashlib.blake2b(repr(parts).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & ((1 << 63) - 1)
+
+
+# --------------------------------------------------------------------------- x_t (§1.3-1.5)
+
+
+@dataclass
+class InterpolantSample:
+    """One batch of the FlexMDM interpolant at times t (spec §1.4).
+
+    Attributes:
+        x_t: long [B, L], clean tokens and mask ids left-aligned, pad_id after n.
+        slot_mask: bool [B, L], j < n.
+        lengths: long [B], n = number of non-pad slots.
+        src_index: long [B, L], s_t(j) = index in x1 of the token at slot j; 0 for j >= n.
+        mask_slots: bool [B, L], slots holding the mask id (never prompt, never pad).
+        targets: long [B, L], x1[s_t(j)] at mask slots, IGNORE_INDEX (-100) elsewhere.
+        gaps: float32 [B, L + 1], g_j = number of deleted x1 tokens just before slot j (j = n: tail);
+            0 for j > n.
+        gap_mask: bool [B, L + 1], j <= n.
+        t: float32 [B], the time of each row.
+        weight_unmask: float32 [B], w_u = h_beta(t) with the 1e-6 guard (spec §3.2).
+        weight_insert: float32 [B], w_i = h_alpha(t) (spec §3.2).
+    """
+
+    x_t: Tensor
+    slot_mask: Tensor
+    lengths: Tensor
+    src_index: Tensor
+    mask_slots: Tensor
+    targets: Tensor
+    gaps: Tensor
+    gap_mask: Tensor
+    t: Tensor
+    weight_unmask: Tensor
+    weight_insert: Tensor
+
+    def trim(self, width: int) -> InterpolantSample:
+        """Copy cut to ``width`` slot columns (gaps / gap_mask to width + 1).
+
+        Raises:
+            ValueError: if width < 1, width > L, or width < max(n) (a slot or gap would be lost).
+        """
+        full = self.x_t.shape[1]
+        longest = int(self.lengths.max()) if self.lengths.numel() else 0
+        if not 1 <= width <= full or width < longest:
+            raise ValueError(
+                f"InterpolantSample.trim: width must be in [max(1, max n = {longest}), {full}], got {width}"
+            )
+        cut = {}
+        for name in ("x_t", "slot_mask", "src_index", "mask_slots", "targets"):
+            cut[name] = getattr(self, name)[:, :width].contiguous()
+        for name in ("gaps", "gap_mask"):
+            cut[name] = getattr(self, name)[:, : width + 1].contiguous()
+        return replace(self, **cut)
+
+    def to(self, device: torch.device | str) -> InterpolantSample:
+        """Copy with every tensor moved to ``device``."""
+        return replace(self, **{k: v.to(device) for k, v in self.to_dict().items()})
+
+    def to_dict(self) -> dict[str, Tensor]:
+        """Shallow {field name: tensor} (no tensor copies)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+def trim_to_longest(sample: InterpolantSample) -> InterpolantSample:
+    """``sample.trim(max(max(n), 1))``: drop all-pad columns, keep every slot, target and gap."""
+    longest = int(sample.lengths.max()) if sample.lengths.numel() else 0
+    return sample.trim(max(longest, 1))
+
+
+def build_x_t(
+    x1: Tensor,
+    x1_mask: Tensor,
+    T1: Tensor,
+    T2: Tensor,
+    t: Tensor,
+    protected: Tensor,
+    mask_id: int,
+    pad_id: int,
+    *,
+    insertion_schedule: Schedule | str | dict = "linear",
+    unmasking_schedule: Schedule | str | dict = "linear",
+    unmask_rate_eps: float = UNMASK_RATE_EPS,
+) -> InterpolantSample:
+    """Materialise x_t, s_t, gaps and targets from given hitting times (spec §1.4-1.5), deterministically.
+
+    Token i (real, not protected) is deleted if t < T1_i, masked if T1_i <= t < T2_i, clean
+    otherwise; protected tokens are always clean. Kept entries are compacted to the front in order;
+    g_j = s_t(j) - s_t(j-1) - 1 with sentinels s_t(-1) = -1, s_t(n) = l (spec §1.4).
+
+    Args:
+        x1: long [B, L], clean tokens.
+        x1_mask: bool [B, L], real tokens of x1 (left-aligned: True then False); l = row sum.
+        T1: float [B, L], insertion times. T2: float [B, L], unmasking times (>= T1).
+        t: float [B], times in [0, 1].
+        protected: bool [B, L], prompt tokens (spec §1.5; may be a prefix and a suffix).
+        mask_id: mask token id. pad_id: pad token id written after n.
+        insertion_schedule / unmasking_schedule: alpha / beta (anything make_schedule accepts),
+            used only for the loss weights.
+        unmask_rate_eps: guard of w_u = beta'/(1 - beta + eps) (spec §3.2).
+
+    Returns:
+        InterpolantSample of width L (gaps L + 1).
+
+    Raises:
+        ValueError: on shape mismatches or an x1_mask that is not left-aligned.
+    """
+    _check_build_inputs(x1, x1_mask, T1, T2, t, protected)
+    B, L = x1.shape
+    real = x1_mask.bool()
+    free = real & ~protected.bool()
+    tt = t.reshape(B, 1)
+    deleted = free & (tt < T1)
+    masked = free & (tt >= T1) & (tt < T2)
+    keep = real & ~deleted  # [B, L]
+    lengths = keep.sum(dim=1)  # [B]
+    cols = torch.arange(L, device=x1.device)
+    slot_mask = cols < lengths[:, None]  # [B, L]
+    # compaction: kept entry i goes to slot cumsum - 1; dropped entries to a dump column L
+    dest = torch.where(keep, keep.cumsum(dim=1) - 1, L)
+    src_index = torch.zeros(B, L + 1, dtype=torch.long, device=x1.device)
+    src_index = src_index.scatter_(1, dest, cols.expand(B, L).contiguous())[:, :L]
+    src_index = src_index.masked_fill(~slot_mask, 0)
+    x_t = torch.where(masked, mask_id, x1).gather(1, src_index).masked_fill(~slot_mask, pad_id)
+    mask_slots = slot_mask & masked.gather(1, src_index)
+    targets = x1.gather(1, src_index).masked_fill(~mask_slots, IGNORE_INDEX)
+    gaps, gap_mask = _gaps(src_index, slot_mask, lengths, real.sum(dim=1))
+    w_u, w_i = _elbo_weights(t, insertion_schedule, unmasking_schedule, unmask_rate_eps)
+    return InterpolantSample(
+        x_t=x_t,
+        slot_mask=slot_mask,
+        lengths=lengths,
+        src_index=src_index,
+        mask_slots=mask_slots,
+        targets=targets,
+        gaps=gaps,
+        gap_mask=gap_mask,
+        t=t.float(),
+        weight_unmask=w_u,
+        weight_insert=w_i,
+    )
+
+
+def _gaps(src_index: Tensor, slot_mask: Tensor, lengths: Tensor, ell: Tensor) -> tuple[Tensor, Tensor]:
+    """Gap counts [B, L+1] float32 and gap mask [B, L+1] bool via diffs with sentinels (spec §1.4)."""
+    B, L = src_index.shape
+    ell = ell[:, None]
+    pos = torch.cat([torch.where(slot_mask, src_index, ell), ell], dim=1)  # s_t(j), = l for j >= n
+    prev = torch.cat([torch.full_like(ell, -1), pos[:, :-1]], dim=1)  # s_t(j - 1), s_t(-1) = -1
+    gap_mask = torch.arange(L + 1, device=src_index.device) <= lengths[:, None]
+    gaps = torch.where(gap_mask, pos - prev - 1, 0).clamp_min(0)
+    return gaps.float(), gap_mask
+
+
+def _elbo_weights(t: Tensor, alpha: Any, beta: Any, eps: float) -> tuple[Tensor, Tensor]:
+    """(w_u, w_i) = (h_beta(t) with guard eps, h_alpha(t)), float32 [B] (spec §3.2)."""
+    w_u = make_schedule(beta).rate(t.double(), eps=eps)
+    w_i = make_schedule(alpha).rate(t.double())
+    return w_u.float(), w_i.float()
+
+
+def _check_build_inputs(
+    x1: Tensor, x1_mask: Tensor, T1: Tensor, T2: Tensor, t: Tensor, protected: Tensor
+) -> None:
+    if x1.dim() != 2:
+        raise ValueError(f"build_x_t: x1 must be [B, L], got shape {tuple(x1.shape)}")
+    for name, value in (("x1_mask", x1_mask), ("T1", T1), ("T2", T2), ("protected", protected)):
+        if value.shape != x1.shape:
+            raise ValueError(
+                f"build_x_t: {name} must have x1's shape {tuple(x1.shape)}, got {tuple(value.shape)}"
+            )
+    if t.shape != (x1.shape[0],):
+        raise ValueError(f"build_x_t: t must have shape ({x1.shape[0]},), got {tuple(t.shape)}")
+    ell = x1_mask.sum(dim=1, keepdim=True)
+    if not torch.equal(x1_mask.bool(), torch.arange(x1.shape[1], device=x1.device) < ell):
+        raise ValueError(
+            "build_x_t: x1_mask must be left-aligned (True for real tokens, then False for pads)"
+        )
+
+
+def sample_interpolant(
+    x1: Tensor,
+    x1_mask: Tensor,
+    t: Tensor,
+    protected: Tensor,
+    insertion_schedule: Schedule | str | dict,
+    unmasking_schedule: Schedule | str | dict,
+    mask_id: int,
+    pad_id: int,
+    generator: torch.Generator | None = None,
+    *,
+    unmask_rate_eps: float = UNMASK_RATE_EPS,
+) -> InterpolantSample:
+    """Draw hitting times (spec §1.3) and build x_t (spec §1.4-1.5) for a batch.
+
+    T1 = alpha^{-1}(u) with the eps clamp, T2 = beta^{-1} truncated to [T1, 1], independently per
+    token; then :func:`build_x_t`. Args as in :func:`build_x_t`, plus ``generator`` for the
+    draws (a CPU generator gives the same sample on any device).
+
+    Returns:
+        InterpolantSample of width L (call :func:`trim_to_longest` to drop all-pad columns).
+    """
+    alpha, beta = make_schedule(insertion_schedule), make_schedule(unmasking_schedule)
+    T1 = sample_hitting_times(alpha, x1.shape, generator=generator, device=x1.device)
+    T2 = sample_unmasking_times(beta, T1, generator=generator)
+    return build_x_t(
+        x1,
+        x1_mask,
+        T1,
+        T2,
+        t.to(x1.device),
+        protected,
+        mask_id,
+        pad_id,
+        insertion_schedule=alpha,
+        unmasking_schedule=beta,
+        unmask_rate_eps=unmask_rate_eps,
+    )
