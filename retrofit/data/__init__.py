@@ -1,0 +1,1 @@
+"""Data: the GSM8K format, text / SFT / infilling builders and their sources."""
