@@ -196,7 +196,7 @@ def ragged_batch(seed: int) -> tuple[torch.Tensor, ...]:
     cols = torch.arange(width)
     infill = torch.rand(b, generator=gen) < 0.5  # half the rows also protect a suffix (spec §1.7)
     protected = (cols < prefix[:, None]) | (infill[:, None] & (cols >= suffix_start[:, None]))
-    return x1, x1_mask & True, protected & x1_mask, torch.rand(b, generator=gen)
+    return x1, x1_mask, protected & x1_mask, torch.rand(b, generator=gen)
 
 
 @pytest.mark.parametrize("alpha", [LIN, GEO, "sin"], ids=["linear", "geometric", "sin"])
