@@ -171,20 +171,12 @@ def banded_times(
     Returns:
         t: float32 [B] in [t_min, 1).
     """
-    strata = banded_strata(
-        num_micro_steps,
-        micro_batch,
-        world_size,
-        rank,
-        micro_step,
-        seed=seed,
-        step=step,
-        shuffle_bands=shuffle_bands,
-    )
+    G, B, W = num_micro_steps, micro_batch, world_size
+    strata = banded_strata(G, B, W, rank, micro_step, seed=seed, step=step, shuffle_bands=shuffle_bands)
     if u is None and generator is None:
         generator = torch.Generator().manual_seed(_mix_seed("u", seed, step, micro_step, rank))
-    u = _uniforms(micro_batch, u, generator, device)
-    tau = (strata.to(u.device) + u) / (num_micro_steps * world_size * micro_batch)
+    u = _uniforms(B, u, generator, device)
+    tau = (strata.to(u.device) + u) / (G * W * B)
     return _tau_to_t(tau, t_min)
 
 
@@ -412,16 +404,5 @@ def sample_interpolant(
     alpha, beta = make_schedule(insertion_schedule), make_schedule(unmasking_schedule)
     T1 = sample_hitting_times(alpha, x1.shape, generator=generator, device=x1.device)
     T2 = sample_unmasking_times(beta, T1, generator=generator)
-    return build_x_t(
-        x1,
-        x1_mask,
-        T1,
-        T2,
-        t.to(x1.device),
-        protected,
-        mask_id,
-        pad_id,
-        insertion_schedule=alpha,
-        unmasking_schedule=beta,
-        unmask_rate_eps=unmask_rate_eps,
-    )
+    kwargs = {"insertion_schedule": alpha, "unmasking_schedule": beta, "unmask_rate_eps": unmask_rate_eps}
+    return build_x_t(x1, x1_mask, T1, T2, t.to(x1.device), protected, mask_id, pad_id, **kwargs)
