@@ -1,0 +1,207 @@
+"""Tiny random LLaDA checkpoints in exactly the official on-disk layout (spec §8.1, §8.2).
+
+A folder written by `write_tiny_llada` looks like GSAI-ML/LLaDA-8B-Base, only small:
+
+    config.json                        every official key (incl. auto_map, architectures)
+    model-0000k-of-0000n.safetensors   n >= 2 shards, official tensor names
+    model.safetensors.index.json       {"metadata": {"total_size": bytes}, "weight_map": {...}}
+    tokenizer.json, tokenizer_config.json (byte-level BPE with LLaDA's special tokens)
+
+The embedding / LM-head rows (`vocab_size` = `embedding_size`) are the tokenizer size rounded up
+to a multiple of 64, like LLaDA's padded embedding; the mask id lies inside the tokenizer.
+
+Usage:
+    $ retrofit tiny-llada --out tiny --layers 2 --d-model 64
+    >>> write_tiny_llada("tiny", layers=2, d_model=64, seed=0)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from retrofit.models.llada import LLaDAConfig, LLaDAModelLM
+from retrofit.models.tokenizer import MASK_TOKEN, build_tokenizer, save_tokenizer
+
+EMBEDDING_MULTIPLE = 64
+
+# config.json keys of the official LLaDA checkpoints (spec §8.1), written in this order.
+OFFICIAL_CONFIG_KEYS: tuple[str, ...] = (
+    "activation_type", "alibi", "alibi_bias_max", "architectures", "attention_dropout",
+    "attention_layer_norm", "attention_layer_norm_with_affine", "auto_map", "bias_for_layer_norm",
+    "block_group_size", "block_type", "d_model", "embedding_dropout", "embedding_size",
+    "eos_token_id", "flash_attention", "include_bias", "include_qkv_bias", "init_cutoff_factor",
+    "init_device", "init_fn", "init_std", "input_emb_norm", "layer_norm_type",
+    "layer_norm_with_affine", "mask_token_id", "max_sequence_length", "mlp_hidden_size",
+    "mlp_ratio", "model_type", "multi_query_attention", "n_heads", "n_kv_heads", "n_layers",
+    "pad_token_id", "precision", "residual_dropout", "rms_norm_eps", "rope", "rope_full_precision",
+    "rope_theta", "scale_logits", "transformers_version", "use_cache", "vocab_size", "weight_tying",
+)  # fmt: skip
+
+OFFICIAL_AUTO_MAP = {
+    "AutoConfig": "configuration_llada.LLaDAConfig",
+    "AutoModel": "modeling_llada.LLaDAModelLM",
+    "AutoModelForCausalLM": "modeling_llada.LLaDAModelLM",
+}
+OFFICIAL_TRANSFORMERS_VERSION = "4.46.3"
+
+
+def official_config_dict(config: LLaDAConfig) -> dict:
+    """config.json contents with exactly the official LLaDA keys (spec §8.1), sorted.
+
+    Args:
+        config: the LLaDA configuration to serialise.
+
+    Returns:
+        dict with every key of `OFFICIAL_CONFIG_KEYS`; `architectures`, `auto_map`,
+        `model_type` and `transformers_version` hold the official values.
+    """
+    fixed = {
+        "architectures": ["LLaDAModelLM"],
+        "auto_map": dict(OFFICIAL_AUTO_MAP),
+        "model_type": "llada",
+        "transformers_version": OFFICIAL_TRANSFORMERS_VERSION,
+    }
+    return {key: fixed[key] if key in fixed else getattr(config, key) for key in sorted(OFFICIAL_CONFIG_KEYS)}
+
+
+def save_sharded(state: dict[str, torch.Tensor], out_dir: Path, max_shard_size: int | None = None) -> int:
+    """Write `state` as official-style safetensors shards plus model.safetensors.index.json.
+
+    Tensors are packed greedily in state-dict order into shards of at most `max_shard_size`
+    bytes (a tensor larger than that gets a shard of its own).
+
+    Args:
+        state: name -> tensor (any dtype; written contiguous, as stored).
+        out_dir: existing folder to write into.
+        max_shard_size: bytes per shard; None = half the total, giving at least 2 shards.
+
+    Returns:
+        number of shards written.
+    """
+    sizes = {k: v.numel() * v.element_size() for k, v in state.items()}
+    total = sum(sizes.values())
+    limit = max_shard_size if max_shard_size is not None else math.ceil(total / 2)
+    shards: list[list[str]] = [[]]
+    used = 0
+    for name, size in sizes.items():
+        if shards[-1] and used + size > limit:
+            shards.append([])
+            used = 0
+        shards[-1].append(name)
+        used += size
+    weight_map = {}
+    for i, names in enumerate(shards):
+        file = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+        save_file({k: state[k].contiguous() for k in names}, str(out_dir / file), metadata={"format": "pt"})
+        weight_map.update(dict.fromkeys(names, file))
+    index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
+    (out_dir / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
+    return len(shards)
+
+
+def tiny_config(
+    tokenizer_size: int,
+    ids: dict[str, int],
+    *,
+    layers: int,
+    d_model: int,
+    heads: int,
+    kv_heads: int | None,
+    mlp_hidden: int | None,
+) -> LLaDAConfig:
+    """LLaDAConfig of a tiny model; vocab/embedding = tokenizer size rounded up to 64.
+
+    `ids` holds the tokenizer's `mask`, `eos`, `pad` ids. The MLP width defaults to 3 * d_model
+    (LLaDA-8B: 12288 = 3 * 4096).
+    """
+    padded = EMBEDDING_MULTIPLE * math.ceil(tokenizer_size / EMBEDDING_MULTIPLE)
+    return LLaDAConfig(
+        d_model=d_model,
+        n_heads=heads,
+        n_kv_heads=kv_heads if kv_heads is not None else heads,
+        n_layers=layers,
+        mlp_hidden_size=mlp_hidden if mlp_hidden is not None else 3 * d_model,
+        vocab_size=padded,
+        embedding_size=padded,
+        max_sequence_length=4096,
+        mask_token_id=ids["mask"],
+        eos_token_id=ids["eos"],
+        pad_token_id=ids["pad"],
+    )
+
+
+def write_tiny_llada(
+    out_dir: str | Path,
+    *,
+    layers: int = 2,
+    d_model: int = 64,
+    heads: int = 4,
+    kv_heads: int | None = None,
+    mlp_hidden: int | None = None,
+    vocab_size: int | None = None,
+    seed: int = 0,
+    train_on: Sequence[str | Path] | None = None,
+    max_shard_size: int | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write a randomly initialised LLaDA checkpoint, deterministic for `seed` (fp32 weights).
+
+    Args:
+        out_dir: destination folder; written atomically (temp folder in the same parent, then
+            rename).
+        layers, d_model, heads, kv_heads, mlp_hidden: model shape (kv_heads None = heads;
+            mlp_hidden None = 3 * d_model).
+        vocab_size: BPE size (incl. specials) fitted on `train_on`; needs `train_on`.
+        seed: torch seed for the weights.
+        train_on: text files / folders to fit the tokenizer on (None: 262-token byte tokenizer).
+        max_shard_size: bytes per safetensors shard (None: two shards).
+        overwrite: replace an existing non-empty `out_dir`.
+
+    Returns:
+        Path of the written folder.
+
+    Raises:
+        FileExistsError: `out_dir` exists, is not empty, and `overwrite` is False.
+        ValueError: an inconsistent shape setting (from LLaDAConfig) or tokenizer setting.
+    """
+    out_dir = Path(out_dir)
+    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
+        raise FileExistsError(f"{out_dir} exists and is not empty; pass overwrite=True (--overwrite)")
+    tokenizer = build_tokenizer(train_on=train_on, vocab_size=vocab_size)
+    ids = {
+        "mask": tokenizer.convert_tokens_to_ids(MASK_TOKEN),
+        "eos": tokenizer.eos_token_id,
+        "pad": tokenizer.pad_token_id,
+    }
+    config = tiny_config(
+        len(tokenizer),
+        ids,
+        layers=layers,
+        d_model=d_model,
+        heads=heads,
+        kv_heads=kv_heads,
+        mlp_hidden=mlp_hidden,
+    )
+    torch.manual_seed(seed)
+    model = LLaDAModelLM(config)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    try:
+        (tmp / "config.json").write_text(json.dumps(official_config_dict(config), indent=2) + "\n")
+        save_sharded(model.state_dict(), tmp, max_shard_size)
+        save_tokenizer(tokenizer, tmp)
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        tmp.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir

@@ -1,0 +1,208 @@
+"""Logic of `retrofit verify-llada DIR`: does a LLaDA folder load natively, and what is its tokenizer?
+
+Checks, in order:
+1. the folder loads with `load_llada` (all the checks of retrofit.models.loading);
+2. a seeded probe batch gives finite logits of shape [B, L, embedding_size];
+3. if the folder ships its own modeling code (`auto_map` -> modeling_llada.py), that code is run
+   with `trust_remote_code` on the same batch and its logits are compared with ours. LLaDA's
+   remote code only runs on transformers 4.x; on 5.x the failure is reported as
+   "skipped: remote code needs transformers 4.x";
+4. tokenizer facts (spec §8.4): bos / eos / pad / mask ids, chat template, how the
+   "<infill-boundary>" string tokenizes (spec §1.7), whether `tokenizer(text)` prepends BOS.
+
+Usage:
+    $ retrofit verify-llada path/to/LLaDA-8B-Base [--no-remote-code] [--dtype bfloat16 --device cuda]
+    >>> report = verify_llada("tiny"); print(report.format()); report.ok
+"""
+
+from __future__ import annotations
+
+import gc
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import transformers
+
+from retrofit.models.loading import load_llada, resolve_mask_id
+
+INFILL_BOUNDARY = "<infill-boundary>"
+# Largest accepted max|Δ logits| / max(1, max|logits|) between native and remote code, per dtype.
+REMOTE_TOLERANCE = {torch.float32: 1e-5, torch.float64: 1e-9}
+REMOTE_TOLERANCE_LOW_PRECISION = 2e-2
+
+
+@dataclass
+class VerifyReport:
+    """Outcome of `verify_llada`.
+
+    Attributes:
+        path: the checked folder.
+        facts: ordered name -> value lines to print (ids, dtypes, tokenizations).
+        problems: findings that make the folder unusable; `ok` is False when non-empty.
+        warnings: suspicious but usable findings.
+        remote: one line on the remote-code comparison ("matched ...", "skipped: ...").
+    """
+
+    path: str
+    facts: dict[str, object] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    remote: str = "not run"
+
+    @property
+    def ok(self) -> bool:
+        """True when no problem was found."""
+        return not self.problems
+
+    def format(self) -> str:
+        """Human-readable multi-line report."""
+        lines = [f"verify-llada {self.path}"]
+        lines += [f"  {k}: {v}" for k, v in self.facts.items()]
+        lines.append(f"  remote code: {self.remote}")
+        lines += [f"  WARNING: {w}" for w in self.warnings]
+        lines += [f"  PROBLEM: {p}" for p in self.problems]
+        lines.append("OK" if self.ok else f"FAILED ({len(self.problems)} problem(s))")
+        return "\n".join(lines)
+
+
+def probe_batch(vocab_size: int, length: int = 16, seed: int = 0) -> torch.Tensor:
+    """Seeded random ids [2, length] int64 in [0, vocab_size) used to compare implementations."""
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randint(0, vocab_size, (2, length), generator=gen)
+
+
+def load_remote_model(path: str | Path, dtype: torch.dtype, device: str | None):
+    """Load the folder's own modeling code (`trust_remote_code=True`). Runs code from `path`."""
+    from transformers import AutoModel
+
+    kwargs = {"dtype": dtype, "trust_remote_code": True}
+    if device is not None:
+        kwargs["device_map"] = {"": device}
+    return AutoModel.from_pretrained(str(path), **kwargs).eval()
+
+
+def _has_remote_code(path: Path) -> bool:
+    return (path / "modeling_llada.py").is_file()
+
+
+def compare_remote(
+    report: VerifyReport, path: Path, ids: torch.Tensor, native: torch.Tensor, device: str | None
+) -> None:
+    """Run the folder's modeling code on `ids` and compare its logits with `native` [B, L, V]."""
+    if not _has_remote_code(path):
+        report.remote = "skipped: the folder ships no modeling_llada.py"
+        return
+    try:
+        model = load_remote_model(path, native.dtype, device)
+        with torch.no_grad():
+            remote = model(input_ids=ids.to(model.device)).logits.to(native.device)
+    except Exception as e:  # the official code breaks on transformers 5.x in several ways
+        first = (str(e).splitlines() or [""])[0][:200]
+        if int(transformers.__version__.split(".")[0]) >= 5:
+            report.remote = f"skipped: remote code needs transformers 4.x ({type(e).__name__}: {first})"
+        else:
+            report.remote = f"failed: {type(e).__name__}: {first}"
+            report.problems.append(f"the folder's modeling_llada.py failed to run: {first}")
+        return
+    if remote.shape != native.shape:
+        report.problems.append(f"remote logits shape {list(remote.shape)} != native {list(native.shape)}")
+        return
+    diff = (remote.float() - native.float()).abs().max().item()
+    rel = diff / max(1.0, native.float().abs().max().item())
+    tol = REMOTE_TOLERANCE.get(native.dtype, REMOTE_TOLERANCE_LOW_PRECISION)
+    report.remote = (
+        f"{'matched' if rel <= tol else 'MISMATCH'}: max|Δlogits| = {diff:.3g} (relative {rel:.3g})"
+    )
+    if rel > tol:
+        report.problems.append(f"native and remote logits differ: relative {rel:.3g} > {tol:g}")
+
+
+def tokenizer_facts(report: VerifyReport, path: Path, config) -> None:
+    """Add tokenizer facts / problems to `report` (spec §8.4, §1.7)."""
+    from transformers import AutoTokenizer
+
+    if not ((path / "tokenizer.json").is_file() or (path / "tokenizer_config.json").is_file()):
+        report.problems.append(f"{path} has no tokenizer.json / tokenizer_config.json")
+        return
+    try:
+        tok = AutoTokenizer.from_pretrained(str(path))
+    except Exception as e:
+        report.problems.append(f"tokenizer in {path} failed to load: {type(e).__name__}: {e}")
+        return
+    boundary = tok.encode(INFILL_BOUNDARY, add_special_tokens=False)
+    probe = tok("a")["input_ids"]
+    f = report.facts
+    f["tokenizer"] = f"{type(tok).__name__}, {len(tok)} tokens"
+    f["bos / eos / pad ids"] = f"{tok.bos_token_id} / {tok.eos_token_id} / {tok.pad_token_id}"
+    f["tokenizer(text) adds BOS"] = (
+        bool(probe) and tok.bos_token_id is not None and probe[0] == tok.bos_token_id
+    )
+    f["chat template"] = "present" if tok.chat_template else "absent"
+    f[f"{INFILL_BOUNDARY!r} tokenizes to"] = f"{len(boundary)} token(s) {boundary}"
+    try:
+        mask_id = resolve_mask_id(config, tok)
+        f["mask id"] = mask_id
+        if mask_id == tok.pad_token_id:
+            report.problems.append(f"pad id == mask id ({mask_id}); FlexMDM needs them distinct")
+    except ValueError as e:
+        report.problems.append(str(e))
+    if tok.pad_token_id is None:
+        report.problems.append("the tokenizer has no pad token (LLaDA uses <|endoftext|>)")
+    if len(tok) > config.embedding_size:
+        report.problems.append(f"tokenizer has {len(tok)} ids but embedding_size is {config.embedding_size}")
+    for key in ("eos_token_id", "pad_token_id"):
+        if getattr(config, key, None) not in (None, getattr(tok, key)):
+            report.warnings.append(
+                f"config.json {key}={getattr(config, key)} != tokenizer's {getattr(tok, key)}"
+            )
+
+
+def verify_llada(
+    path: str | Path,
+    *,
+    remote_code: bool = True,
+    dtype: torch.dtype | None = None,
+    device: str | None = None,
+    probe_length: int = 16,
+    trust_bin: bool = False,
+) -> VerifyReport:
+    """Check a LLaDA folder end to end (see the module docstring).
+
+    Args:
+        path: checkpoint folder.
+        remote_code: run the folder's modeling_llada.py (if any) for the logits comparison.
+        dtype: load dtype (None: as stored); device: e.g. "cuda:0" (None: CPU).
+        probe_length: length L of the [2, L] probe batch.
+        trust_bin: accept `.bin` weights (read with weights_only=True).
+
+    Returns:
+        VerifyReport; `report.ok` is False when any problem was found. Never raises for a bad
+        folder: load errors become problems.
+    """
+    path = Path(path)
+    report = VerifyReport(path=str(path))
+    try:
+        model = load_llada(path, dtype=dtype, device=device, trust_bin=trust_bin)
+    except (OSError, ValueError) as e:
+        report.problems.append(f"native load failed: {e}")
+        return report
+    config = model.config
+    n_params = sum(p.numel() for p in model.parameters())
+    report.facts["native model"] = f"{n_params:,} parameters, {model.dtype}, {config.n_layers} layers"
+    ids = probe_batch(config.vocab_size, probe_length)
+    with torch.no_grad():
+        logits = model(ids.to(model.device)).logits.cpu()
+    want = [2, probe_length, config.embedding_size]
+    if list(logits.shape) != want or not torch.isfinite(logits).all():
+        report.problems.append(
+            f"probe logits have shape {list(logits.shape)} (want {want}) or are not finite"
+        )
+    del model
+    gc.collect()
+    if remote_code:
+        compare_remote(report, path, ids, logits, device)
+    else:
+        report.remote = "skipped: --no-remote-code"
+    tokenizer_facts(report, path, config)
+    return report
