@@ -1,0 +1,249 @@
+"""YAML recipes: load, apply dotted `key=value` overrides, coerce types, print the effective config.
+
+Usage::
+
+    recipe = load_recipe("recipes/tiny/flexmdm-sft.yaml", ["training.max_steps=20", "lora.r=8"])
+    print(format_recipe(recipe))
+
+Override keys are dotted paths into the YAML (`training.learning_rate=1e-4`,
+`data.train.0.limit=100`, `objective.insertion_schedule.name=linear`). Values are parsed as YAML
+(`true`, `null`, `[a, b]`, `{k: v}`) and then coerced to the annotated type of the dataclass
+field they land in, so `1e-4` (a string to PyYAML) becomes a float and `8` an int. Unknown keys
+are errors that name the section and suggest the closest field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from retrofit.training.args import (
+    DataRecipe,
+    LoraRecipe,
+    ModelRecipe,
+    ObjectiveRecipe,
+    Recipe,
+    RetrofitTrainingArguments,
+)
+
+__all__ = ["RecipeError", "apply_overrides", "build_recipe", "coerce", "format_recipe", "load_recipe"]
+
+SECTIONS: dict[str, type] = {
+    "model": ModelRecipe,
+    "lora": LoraRecipe,
+    "data": DataRecipe,
+    "objective": ObjectiveRecipe,
+    "training": RetrofitTrainingArguments,
+}
+TOP_LEVEL = ("mode",)
+
+
+class RecipeError(ValueError):
+    """A recipe file or override is malformed; the message names the file / key and the fix."""
+
+
+def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
+    """Read a YAML recipe, apply `key=value` overrides and build the validated :class:`Recipe`.
+
+    Args:
+        path: recipe YAML file.
+        overrides: dotted `key=value` strings, applied in order.
+
+    Returns:
+        The Recipe, with `source` set to `path`.
+
+    Raises:
+        RecipeError: unreadable YAML, unknown keys, bad values (naming the file and key).
+        FileNotFoundError: `path` does not exist.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"recipe file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise RecipeError(f"{path}: not valid YAML: {err}") from err
+    if not isinstance(raw, dict):
+        raise RecipeError(f"{path}: a recipe is a mapping with sections {', '.join(SECTIONS)}")
+    raw = apply_overrides(raw, overrides)
+    try:
+        recipe = build_recipe(raw)
+    except (TypeError, ValueError) as err:
+        raise RecipeError(f"{path}: {err}") from err
+    recipe.source = str(path)
+    return recipe
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """Return a copy of `raw` with dotted `key=value` overrides applied (values parsed as YAML).
+
+    Raises:
+        RecipeError: an override without `=`, or a path through a non-container / bad list index.
+    """
+    raw = yaml.safe_load(yaml.safe_dump(raw))  # deep copy of plain data
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise RecipeError(
+                f"override {item!r} must look like section.key=value (e.g. training.max_steps=20)"
+            )
+        node: Any = raw
+        parts = key.split(".")
+        for depth, part in enumerate(parts):
+            last = depth == len(parts) - 1
+            where = ".".join(parts[: depth + 1])
+            if isinstance(node, list):
+                if not part.isdigit() or int(part) >= len(node):
+                    raise RecipeError(f"override {key}: {where} is not an index of a {len(node)}-item list")
+                part = int(part)
+            elif not isinstance(node, dict):
+                raise RecipeError(f"override {key}: {'.'.join(parts[:depth])} is a value, not a section")
+            if last:
+                node[part] = yaml.safe_load(text) if text.strip() else ""
+            else:
+                if isinstance(node, dict) and node.get(part) is None:
+                    node[part] = {}
+                node = node[part]
+    return raw
+
+
+def build_recipe(raw: dict[str, Any]) -> Recipe:
+    """Build a :class:`Recipe` from plain data (coercing field types). Raises ValueError/TypeError."""
+    unknown = set(raw) - set(SECTIONS) - set(TOP_LEVEL)
+    if unknown:
+        raise RecipeError(
+            f"unknown top-level keys {sorted(unknown)}; sections are {list(SECTIONS)} and {list(TOP_LEVEL)}"
+        )
+    parts = {}
+    for name, cls in SECTIONS.items():
+        section = raw.get(name) or {}
+        if not isinstance(section, dict):
+            raise RecipeError(f"section {name}: must be a mapping, got {type(section).__name__}")
+        parts[name] = _build_section(name, cls, section)
+    return Recipe(mode=raw.get("mode", "retrofit"), **parts)
+
+
+def _build_section(name: str, cls: type, values: dict[str, Any]) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls) if f.init]
+    kwargs = {}
+    for key, value in values.items():
+        if key not in names:
+            close = difflib.get_close_matches(key, names, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise RecipeError(f"section {name}: unknown key {key!r}{hint}")
+        kwargs[key] = coerce(value, hints[key], f"{name}.{key}")
+    return cls(**kwargs)
+
+
+def coerce(value: Any, annotation: Any, where: str) -> Any:
+    """Coerce a YAML value to a field annotation (int, float, bool, str, list, dict, unions).
+
+    Raises:
+        RecipeError: the value cannot be read as the annotated type (names `where`).
+    """
+    options = _union_options(annotation)
+    if value is None:
+        if type(None) in options or annotation is Any:
+            return None
+        raise RecipeError(f"{where}: null is not allowed (expected {_type_name(annotation)})")
+    for option in options:  # already the right type: keep (bool is not an int here)
+        base = typing.get_origin(option) or option
+        if (
+            isinstance(base, type)
+            and isinstance(value, base)
+            and not (base is int and isinstance(value, bool))
+        ):
+            return value
+    for option in options:
+        converted = _convert(value, option)
+        if converted is not _FAIL:
+            return converted
+    raise RecipeError(f"{where}: {value!r} is not a valid {_type_name(annotation)}")
+
+
+_FAIL = object()
+
+
+def _convert(value: Any, option: Any) -> Any:
+    if option is Any:
+        return value
+    if option is bool:
+        if isinstance(value, str) and value.lower() in ("true", "yes", "on", "1", "false", "no", "off", "0"):
+            return value.lower() in ("true", "yes", "on", "1")
+        return _FAIL
+    if option in (int, float) and not isinstance(value, bool):
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            return _FAIL
+        if option is int:
+            return int(number) if number.is_integer() else _FAIL
+        return number
+    if option is str and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    if typing.get_origin(option) is list and isinstance(value, (str, tuple)):
+        return [v.strip() for v in value.split(",")] if isinstance(value, str) else list(value)
+    if isinstance(option, type) and isinstance(value, str):  # enums such as SchedulerType
+        try:
+            return option(value)
+        except (TypeError, ValueError):
+            return _FAIL
+    return _FAIL
+
+
+def _union_options(annotation: Any) -> tuple[Any, ...]:
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        args = typing.get_args(annotation)
+        # try str last so "1e-4" becomes a float where a float is allowed
+        return tuple(sorted(args, key=lambda a: a is str))
+    return (annotation,)
+
+
+def _type_name(annotation: Any) -> str:
+    return getattr(annotation, "__name__", None) or str(annotation)
+
+
+def format_recipe(recipe: Recipe) -> str:
+    """The effective configuration as YAML: every section in full, `training` minus HF defaults.
+
+    Returns:
+        A YAML string (stable key order) suitable for printing and saving next to checkpoints.
+    """
+    return yaml.safe_dump(recipe_to_dict(recipe, only_changed_training=True), sort_keys=False)
+
+
+def recipe_to_dict(recipe: Recipe, only_changed_training: bool = False) -> dict[str, Any]:
+    """Plain-data form of a recipe (the `recipe` dict stored in checkpoint manifests)."""
+    out: dict[str, Any] = {"mode": recipe.mode, "source": recipe.source}
+    for name in ("model", "lora", "data", "objective"):
+        out[name] = _plain(dataclasses.asdict(getattr(recipe, name)))
+    out["training"] = _training_dict(recipe.training, only_changed_training)
+    return out
+
+
+def _training_dict(args: RetrofitTrainingArguments, only_changed: bool) -> dict[str, Any]:
+    values = _plain(args.to_dict())
+    if not only_changed:
+        return values
+    defaults = _plain(type(args)(output_dir=args.output_dir).to_dict())
+    return {k: v for k, v in values.items() if k == "output_dir" or v != defaults.get(k)}
+
+
+def _plain(value: Any) -> Any:
+    """Convert enums / tuples / nested containers to YAML-safe plain data."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if hasattr(value, "value") and not isinstance(value, (int, float, str, bool)):
+        return _plain(value.value)
+    if value is None or isinstance(value, (int, float, str, bool)):
+        return value
+    return str(value)
