@@ -1,0 +1,150 @@
+"""Skip / truncation counters of the data builders (`DataReport`).
+
+Builders never crash on, or silently keep, a bad sample: each raw row is mapped to zero or more
+samples plus a `skip_reason` string per candidate ("" = kept), the reasons are counted here, and
+the skipped candidates are filtered out. `build_dataset` logs the report once at the end:
+
+    >>> ds, report = build_dataset({"format": "sft", "source": "gsm8k"}, tok, max_length=256, seed=0)
+    >>> print(report)    # gsm8k/train [sft]: 7473 rows -> 7401 samples; skipped: too_long=72
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+
+import datasets
+
+__all__ = ["SAMPLE_COLUMNS", "SKIP_REASONS", "Candidates", "DataReport", "candidate_features"]
+
+SAMPLE_COLUMNS = ("input_ids", "prompt_length", "infill_cutoff")
+"""Columns of every built sample (all formats, so mixtures concatenate):
+``input_ids`` (list of int32 token ids, no padding), ``prompt_length`` (int32 P: ids[:P] are
+protected), ``infill_cutoff`` (int32 c >= 0 for infilling samples, whose split is drawn by the
+collator; -1 otherwise)."""
+
+SKIP_REASONS: dict[str, str] = {
+    "empty": "no tokens after tokenization",
+    "too_long": "longer than max_length (and the format may not split or truncate it)",
+    "no_room": "the prompt (or infilling prefix) leaves no room for a response / middle",
+    "bad_row": "a required field is missing or not a string",
+}
+"""Reason code -> meaning. Builders only use these codes."""
+
+_LOG = logging.getLogger(__name__)
+
+
+def candidate_features() -> datasets.Features:
+    """Arrow schema of the builders' map output: `SAMPLE_COLUMNS` + bookkeeping columns."""
+    return datasets.Features(
+        {
+            "input_ids": datasets.List(datasets.Value("int32")),
+            "prompt_length": datasets.Value("int32"),
+            "infill_cutoff": datasets.Value("int32"),
+            "skip_reason": datasets.Value("string"),
+            "truncated": datasets.Value("bool"),
+            "split_extra": datasets.Value("bool"),
+        }
+    )
+
+
+class Candidates:
+    """Column accumulator for a batched ``datasets.map``: one entry per candidate sample."""
+
+    def __init__(self) -> None:
+        self.columns: dict[str, list] = {name: [] for name in candidate_features()}
+
+    def add(
+        self,
+        input_ids: list[int] | None = None,
+        *,
+        prompt_length: int = 0,
+        infill_cutoff: int = -1,
+        skip: str = "",
+        truncated: bool = False,
+        split_extra: bool = False,
+    ) -> None:
+        """Record a kept sample (``skip=""``) or a skipped candidate (``skip`` = reason code)."""
+        values = (
+            list(input_ids or []) if not skip else [],
+            prompt_length,
+            infill_cutoff,
+            skip,
+            truncated,
+            split_extra,
+        )
+        for column, value in zip(self.columns.values(), values):
+            column.append(value)
+
+
+@dataclass
+class DataReport:
+    """What a builder kept, skipped and changed.
+
+    Attributes:
+        name: short label of the data (e.g. "gsm8k/train [sft]").
+        rows: raw rows read from the source.
+        samples: samples kept (after splitting documents, before mixture re-weighting).
+        skipped: reason code (see `SKIP_REASONS`) -> number of skipped candidates.
+        truncated: samples cut to max_length (text / infill `overflow="truncate"`).
+        split_extra: extra samples created by splitting long documents (`overflow="split"`).
+        streaming: True for streaming sources; their counts are not known up front.
+    """
+
+    name: str = ""
+    rows: int = 0
+    samples: int = 0
+    skipped: Counter = field(default_factory=Counter)
+    truncated: int = 0
+    split_extra: int = 0
+    streaming: bool = False
+
+    @property
+    def num_skipped(self) -> int:
+        """Total number of skipped candidates (all reasons)."""
+        return sum(self.skipped.values())
+
+    def count_reasons(self, reasons: list[str]) -> None:
+        """Add one candidate per entry of ``reasons`` ("" = kept, else a `SKIP_REASONS` code).
+
+        Raises:
+            ValueError: on an unknown reason code (a builder bug).
+        """
+        unknown = set(reasons) - set(SKIP_REASONS) - {""}
+        if unknown:
+            raise ValueError(
+                f"DataReport: unknown skip reasons {sorted(unknown)}; known: {sorted(SKIP_REASONS)}"
+            )
+        counts = Counter(reasons)
+        self.samples += counts.pop("", 0)
+        self.skipped.update(counts)
+
+    def merge(self, other: DataReport) -> DataReport:
+        """A new report summing ``self`` and ``other`` (names joined with " + ")."""
+        return DataReport(
+            name=" + ".join(n for n in (self.name, other.name) if n),
+            rows=self.rows + other.rows,
+            samples=self.samples + other.samples,
+            skipped=self.skipped + other.skipped,
+            truncated=self.truncated + other.truncated,
+            split_extra=self.split_extra + other.split_extra,
+            streaming=self.streaming or other.streaming,
+        )
+
+    def __str__(self) -> str:
+        if self.streaming:
+            return f"{self.name}: streaming (rows are filtered on the fly; counts unknown up front)"
+        parts = [f"{self.name}: {self.rows} rows -> {self.samples} samples"]
+        if self.skipped:
+            parts.append("skipped: " + ", ".join(f"{k}={v}" for k, v in sorted(self.skipped.items())))
+        if self.truncated:
+            parts.append(f"truncated: {self.truncated}")
+        if self.split_extra:
+            parts.append(f"extra samples from splitting: {self.split_extra}")
+        return "; ".join(parts)
+
+    def log(self, logger: logging.Logger | None = None) -> None:
+        """Log the summary at INFO, or at WARNING when anything was skipped."""
+        level = logging.WARNING if self.num_skipped else logging.INFO
+        (logger or _LOG).log(level, "data report: %s", self)
