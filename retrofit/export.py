@@ -1,0 +1,332 @@
+"""`retrofit export`: training checkpoint -> merged, verified, atomically written model folder.
+
+Pipeline (each step fails with a message naming the file at fault, before anything is written):
+
+1. Read the checkpoint manifest (`retrofit_checkpoint.json`), check the base model folder
+   against its fingerprint, build the model on the meta device for names and shapes.
+2. Read the trained tensors (`retrofit.export_sources`): safetensors adapters once their sha256
+   matches the manifest; pickled formats (ZeRO shards, `.bin` adapters) only with
+   `trust_checkpoint=True` (`--trust-checkpoint`).
+3. Plan the merge from safetensors headers only (`retrofit.export_merge.plan_merge`).
+4. Verify before writing. "full" mode (when ~6 bytes/param fit in available RAM): run the
+   unmerged peft model and the fp32 merged model on a fixed probe batch; logits and expected
+   gaps must agree within 1e-4 (relative-ish, `retrofit.export_verify`). "layers" mode: only the
+   per-layer probes (merged W x vs W x + s B A x), which run in every mode.
+5. Stream base shard -> merge -> output shard into `<out parent>/.tmp-<name>-*`; re-read the
+   merged tensors from disk (layer probes) and, in full mode, reload the folder with
+   `AutoModel.from_pretrained` and compare with the peft model again (dtype tolerance: fp32 1e-4,
+   bf16 3e-2, fp16 1e-2). Then write config.json, generation_config.json, tokenizer files,
+   README.md and `retrofit_manifest.json` (sha256 of every file), and rename into place.
+
+Memory (streaming; measured in tests/test_export.py): peak RSS ~ R0 + S + 12 N_max + 4 T, with
+R0 the process baseline (~0.6 GB: torch + transformers), S = --max-shard-size of output buffer,
+N_max the largest LoRA-merged tensor (fp32 copy + fp32 B@A + cast) and T the trained parameter
+count (LoRA + graft modules, held as stored). LLaDA-8B FlexMDM (LM head 126464 x 4096 = 518M,
+T = 403M fp32): 0.6 + 5 + 6.2 + 1.6 ~ 13.4 GB at --max-shard-size 5GB (~10 GB at 2GB) in
+"layers" mode, versus 16 GB for the bf16 model itself; "full" verification additionally needs
+one fp32 copy of the model at a time (~32 GB + activations), hence the automatic fallback.
+
+Usage:
+    retrofit export runs/ift/checkpoint-1000 --out exports/flexmdm-gsm8k --dtype bf16
+    >>> report = export_checkpoint("runs/ift/checkpoint-1000", "exports/flexmdm-gsm8k")
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import gc
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from retrofit.export_merge import ShardWriter, iter_merged, parse_size, plan_merge
+from retrofit.export_models import (
+    ExportError,
+    ModelSpec,
+    merged_model,
+    model_classes,
+    model_spec,
+    probe_outputs,
+    reference_model,
+)
+from retrofit.export_sources import TrainedWeights, load_trained_weights
+from retrofit.export_verify import TOLERANCE, LayerProbe, compare_outputs, model_outputs, probe_batch
+from retrofit.io_utils import atomic_directory, file_digests, sha256_file, write_json_atomic
+from retrofit.model_card import render_model_card, training_metrics
+from retrofit.training.checkpoint import MANIFEST_NAME, CheckpointError, check_base, read_manifest
+
+__all__ = ["DTYPES", "EXPORT_MANIFEST", "ExportError", "ExportReport", "export_checkpoint", "verify_mode"]
+
+EXPORT_MANIFEST = "retrofit_manifest.json"
+EXPORT_FORMAT = "retrofit-export"
+DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32, "fp16": torch.float16}
+IGNORED_BASE_TENSORS = (r"rotary_emb\.inv_freq",)
+BYTES_PER_PARAM_FULL = 6  # fp32 model (4) + peft copies / activations / allocator slack
+
+
+@dataclass
+class ExportReport:
+    """Result of `export_checkpoint`.
+
+    Attributes:
+        out: the written folder.
+        kind: kind of the written model ("flexmdm" or "llada").
+        dtype: dtype name of the written weights.
+        n_params: parameters written.
+        shards: safetensors file names.
+        mode: verification mode used ("full" or "layers").
+        errors: {check: relative-ish error} (see `retrofit.export_verify`).
+        tolerance: {check: tolerance applied}.
+    """
+
+    out: Path
+    kind: str
+    dtype: str
+    n_params: int
+    shards: list[str]
+    mode: str
+    errors: dict[str, float] = field(default_factory=dict)
+    tolerance: dict[str, float] = field(default_factory=dict)
+
+
+def _resolve_checkpoint(checkpoint: Path, base: Path | None) -> tuple[dict, Path]:
+    """Read + sanity-check the manifest; return it and the (fingerprint-checked) base folder."""
+    if not checkpoint.is_dir():
+        raise CheckpointError(
+            f"{checkpoint}: not a folder; pass a training checkpoint folder (checkpoint-<step>)"
+        )
+    manifest = read_manifest(checkpoint)
+    if manifest.get("complete") is not True:
+        raise CheckpointError(
+            f"{checkpoint / MANIFEST_NAME}: 'complete' is not true (the save did not finish)"
+        )
+    base_dir = Path(base) if base is not None else Path(manifest.get("base_model", {}).get("path", ""))
+    problems = check_base(manifest, base_dir)
+    if problems:
+        raise CheckpointError(
+            "base model check failed (pass --base with the folder the checkpoint was trained from):\n  "
+            + "\n  ".join(problems)
+        )
+    return manifest, base_dir
+
+
+def verify_mode(requested: str, n_params: int) -> str:
+    """ "full" if requested, or if "auto" and ~6 bytes/param + 1 GiB fit in available RAM; else "layers"."""
+    if requested in ("full", "layers"):
+        return requested
+    if requested != "auto":
+        raise ValueError(f"verify={requested!r}; expected auto, full or layers")
+    need = BYTES_PER_PARAM_FULL * n_params + (1 << 30)
+    return "full" if need < available_memory() else "layers"
+
+
+def available_memory() -> int:
+    """Bytes of RAM available to this process (MemAvailable; sysconf as a fallback)."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def _check(
+    errors: dict[str, float], tolerances: dict[str, float], stage: str, found: dict, tol: float
+) -> None:
+    """Record `found` under `stage` and raise ExportError if a relative error exceeds `tol`."""
+    for name, value in found.items():
+        errors[f"{stage}.{name}"] = value
+        if not name.endswith("_max_abs"):
+            tolerances[f"{stage}.{name}"] = tol
+            if not value <= tol:
+                raise ExportError(
+                    f"export verification failed at {stage}: {name} differs by {value:.3g} (> {tol:g}); "
+                    "nothing was written"
+                )
+
+
+def export_checkpoint(
+    checkpoint: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    dtype: str = "bf16",
+    max_shard_size: str | int = "5GB",
+    base: str | os.PathLike | None = None,
+    to_llada: bool = False,
+    overwrite: bool = False,
+    trust_checkpoint: bool = False,
+    source: str = "auto",
+    verify: str = "auto",
+) -> ExportReport:
+    """Merge a training checkpoint's LoRA into its base and write a verified model folder.
+
+    Args:
+        checkpoint: training checkpoint folder with `retrofit_checkpoint.json`.
+        out: output folder (created atomically; see module docstring).
+        dtype: "bf16", "fp32" or "fp16" for the written weights (the merge is always fp32).
+        max_shard_size: output shard size, e.g. "5GB" (10^9 bytes) or "2GiB".
+        base: base model folder; default the path recorded in the manifest (fingerprint-checked).
+        to_llada: write only the backbone as a plain LLaDA folder (official tensor names).
+        overwrite: replace an existing `out` (new folder written fully first, then swapped).
+        trust_checkpoint: allow pickle-based inputs (ZeRO shards, .bin adapters).
+        source: "auto", "adapter" (adapter_model.*) or "zero" (consolidate ZeRO shards).
+        verify: "auto", "full" (whole-model probe batches) or "layers" (per-layer probes only).
+
+    Returns:
+        ExportReport with the verification errors and tolerances.
+
+    Raises:
+        FileExistsError: `out` exists and `overwrite` is False (checked first).
+        CheckpointError: missing / corrupt / untrusted / mismatched inputs (names the file).
+        ExportError: the merged model disagrees with the trained one beyond tolerance.
+        ValueError: bad `dtype`, `max_shard_size` or `verify`.
+    """
+    if dtype not in DTYPES:
+        raise ValueError(f"--dtype {dtype!r}: choose one of {sorted(DTYPES)}")
+    ckpt, out, max_bytes = Path(checkpoint), Path(out), parse_size(max_shard_size)
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"--out {out} already exists; choose a new folder or pass --overwrite")
+    manifest, base_dir = _resolve_checkpoint(ckpt, None if base is None else Path(base))
+    spec = model_spec(manifest, base_dir, to_llada)
+    trained = load_trained_weights(ckpt, manifest, source=source, trust=trust_checkpoint)
+    plan = plan_merge(base_dir, trained, spec.expected, base_prefix=spec.base_prefix(),
+                      out_name=spec.out_name, ignore_unexpected=IGNORED_BASE_TENSORS)  # fmt: skip
+    mode = verify_mode(verify, sum(_numel(s) for s in spec.expected.values()))
+    report = ExportReport(out, spec.out_kind, dtype, sum(_numel(i.shape) for i in plan), [], mode)
+    batch = probe_batch(_vocab_size(spec.out_config))
+    ref = None
+    if mode == "full":
+        ref = probe_outputs(reference_model(spec, base_dir, trained), spec, batch, reference=True)
+        gc.collect()  # peft wrappers hold reference cycles: free the fp32 reference before the next copy
+        got = probe_outputs(merged_model(spec, plan), spec, batch, reference=False)
+        _check(
+            report.errors,
+            report.tolerance,
+            "prewrite_fp32",
+            compare_outputs(got, ref),
+            TOLERANCE[torch.float32],
+        )
+    with atomic_directory(out, overwrite=overwrite) as tmp:
+        report.shards = _write_weights(tmp, plan, DTYPES[dtype], max_bytes, report)
+        _write_config(tmp, spec, report.dtype)
+        if ref is not None:
+            found = compare_outputs(_reload_outputs(tmp, spec, batch), ref)
+            _check(report.errors, report.tolerance, "reloaded", found, TOLERANCE[DTYPES[dtype]])
+        _write_card_and_manifest(tmp, ckpt, manifest, base_dir, report, trained)
+    return report
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    n = 1
+    for dim in shape:
+        n *= dim
+    return n
+
+
+def _vocab_size(config: Any) -> int:
+    llada = config.backbone_config if hasattr(config, "backbone_config") else config
+    return int(llada.vocab_size)
+
+
+def _write_weights(
+    tmp: Path, plan: list, dtype: torch.dtype, max_bytes: int, report: ExportReport
+) -> list[str]:
+    """Stream-merge into shards, with layer probes on the fp32, cast and re-read weights."""
+    from safetensors import safe_open
+
+    probe, writer = LayerProbe(), ShardWriter(tmp, max_bytes, dtype)
+    for item, tensor in iter_merged(plan, probe):
+        cast = writer.add(item.out_key, tensor)
+        if item.out_key in probe.refs:
+            probe.check("cast", item.out_key, cast)
+        del tensor, cast
+    weight_map = writer.finish()
+    for key in probe.refs:  # re-read what is on disk
+        with safe_open(tmp / weight_map[key], framework="pt") as handle:
+            probe.check("disk", key, handle.get_tensor(key))
+    for stage, tol in (
+        ("merged_fp32", TOLERANCE[torch.float32]),
+        ("cast", TOLERANCE[dtype]),
+        ("disk", TOLERANCE[dtype]),
+    ):
+        _check(report.errors, report.tolerance, "layers", {stage: probe.errors.get(stage, 0.0)}, tol)
+    return sorted(set(weight_map.values()))
+
+
+def _reload_outputs(tmp: Path, spec: ModelSpec, batch: dict) -> dict[str, torch.Tensor]:
+    """Reload the written folder with AutoModel (strict: no missing / unexpected keys), in fp32."""
+    from transformers import AutoModel
+
+    model_classes(spec.out_kind)  # registers the Auto classes
+    model, info = AutoModel.from_pretrained(str(tmp), dtype=torch.float32, output_loading_info=True)
+    bad = {k: v for k, v in info.items() if k in ("missing_keys", "unexpected_keys", "mismatched_keys") and v}
+    if bad:
+        raise ExportError(f"{tmp}: reloading the export is not strict: {bad}")
+    return model_outputs(model, spec.out_kind, batch)
+
+
+def _write_config(tmp: Path, spec: ModelSpec, dtype: str) -> None:
+    """config.json (with dtype and architectures) and generation_config.json."""
+    config = spec.out_config
+    config.dtype = DTYPES[dtype]
+    config.architectures = [model_classes(spec.out_kind)[1].__name__]
+    config.save_pretrained(tmp)
+    write_json_atomic(tmp / "generation_config.json", generation_defaults(config, spec.out_kind))
+
+
+def _write_card_and_manifest(tmp: Path, ckpt: Path, manifest: dict, base: Path, report: ExportReport,
+                             trained: TrainedWeights) -> None:  # fmt: skip
+    """Tokenizer files, README.md, then `retrofit_manifest.json` with every file's sha256 (last)."""
+    from retrofit.graft import copy_tokenizer_files
+
+    tokenizer = copy_tokenizer_files(base, tmp)
+    source = {"checkpoint": str(ckpt.absolute()), "step": manifest.get("step"), "weights_from": trained.source,
+              "checkpoint_manifest_sha256": sha256_file(ckpt / MANIFEST_NAME)}  # fmt: skip
+    card = render_model_card(manifest=manifest, report=report, source=source, metrics=training_metrics(ckpt),
+                             tokenizer=tokenizer)  # fmt: skip
+    (tmp / "README.md").write_text(card, encoding="utf-8")
+    export_manifest = {
+        "format": EXPORT_FORMAT,
+        "format_version": 1,
+        "kind": report.kind,
+        "trained_kind": manifest.get("kind"),
+        "dtype": report.dtype,
+        "n_params": report.n_params,
+        "shards": report.shards,
+        "source": source,
+        "base_model": manifest.get("base_model"),
+        "verification": {"mode": report.mode, "errors": report.errors, "tolerance": report.tolerance},
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "files": file_digests(tmp, exclude=(EXPORT_MANIFEST,)),
+        "complete": True,
+    }
+    write_json_atomic(tmp / EXPORT_MANIFEST, export_manifest)
+
+
+def generation_defaults(config: Any, kind: str) -> dict[str, Any]:
+    """generation_config.json: special ids and the sampler defaults of the exported model.
+
+    For FlexMDM: every `FlexMDMSamplerConfig` field as the sampler will resolve it from this
+    config (`sampler_defaults` over the sampler's defaults) plus the training schedules.
+    """
+    ids = dict(getattr(config, "backbone", None) or {})  # FlexMDM keeps eos / bos in the backbone config
+    ids.update({k: v for k, v in config.to_dict().items() if v is not None})
+    out = {k: ids.get(k) for k in ("mask_token_id", "pad_token_id", "eos_token_id", "bos_token_id")}
+    if kind == "flexmdm":
+        from types import SimpleNamespace
+
+        from retrofit.sampling.flexmdm import FlexMDMSamplerConfig
+
+        sampler = FlexMDMSamplerConfig.from_model(SimpleNamespace(config=config))
+        out["sampler"] = {"name": "flexmdm", **json.loads(json.dumps(dataclasses.asdict(sampler)))}
+        out["insertion_schedule"] = config.insertion_schedule
+        out["unmasking_schedule"] = config.unmasking_schedule
+    else:
+        out["sampler"] = {"name": "mdm"}
+    return out
