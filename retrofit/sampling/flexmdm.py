@@ -1,0 +1,422 @@
+"""FlexMDM sampler: tau-leaping over insert-mask and unmask events (spec §4.1-§4.5, §4.7, §7.3).
+
+From the prompt (or nothing) at t = 0 to t = 1 in S steps of dt = 1/S, one forward pass each:
+unmask K ~ Poisson(N h_β(t) dt) masks chosen by confidence, then insert e_j ~ Poisson(ĝ_j h_α(t) dt)
+masks per allowed gap, on the pre-unmask layout (spec §4.2). Then, unlike the research sampler,
+a final insertion at t = 1 of the mass still pending (e_j ~ Poisson(ĝ_j(t = 1))) and one fill pass
+that unmasks every remaining mask, sampled from p_θ (spec §7.3.5). ``reference=True`` keeps the
+research behaviour: linear hazards, no insertion in the last step, an argmax fill in the last step.
+
+Hazards come from the schedules stored in the model config (``insertion_schedule``,
+``unmasking_schedule``) unless the sampler config names others (spec §4.5). Each step runs the
+model only on the columns in use (the longest current row; the model appends the length slot).
+
+Example::
+
+    sampler = FlexMDMSampler(model, FlexMDMSamplerConfig(steps=256, max_length=1024))
+    out = sampler.sample([prompt_ids], generator=torch.Generator().manual_seed(0))
+    fast = dataclasses.replace(sampler, config=dataclasses.replace(sampler.config, steps=64))
+    mid = sampler.infill([prefix_ids], [suffix_ids]).generated[0]
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from retrofit.sampling.steps import (
+    CONFIDENCE_METHODS,
+    RandomSource,
+    allowed_gaps,
+    cap_insertions,
+    confidence,
+    draw_tokens,
+    editable_slots,
+    first_k_eligible,
+    insert_masks,
+    insertion_counts,
+    predict,
+    select_top_k,
+    unmask_count,
+    window_size,
+)
+from retrofit.sampling.trace import SampleOutput, Trace
+from retrofit.schedules import Schedule, make_schedule
+
+__all__ = ["FlexMDMSampler", "FlexMDMSamplerConfig"]
+
+_FILL_MODES = ("sample", "argmax")
+
+
+@dataclass(frozen=True)
+class FlexMDMSamplerConfig:
+    """Settings of :class:`FlexMDMSampler` (spec §4.2-§4.6). Override with ``dataclasses.replace``.
+
+    Attributes:
+        steps: S, the number of tau-leaping steps (one forward pass each).
+        max_length: cap on prompt + generation length in tokens (``sample``). Insertions that
+            would exceed it are dropped (rightmost first) and counted.
+        max_middle: cap on the middle length in tokens (``infill``).
+        confidence: which masks to unmask first: prob_diff, top_prob, entropy, position, random.
+        temperature: token temperature; 0 = argmax.
+        top_k: sample only among the k most likely tokens (None = off).
+        top_p: nucleus sampling mass in (0, 1] (None = off).
+        sliding_window: restrict unmasking to the first w masks (spec §4.2 step 2.4).
+        alpha_win: window factor, w = min(floor(alpha_win K), max_window, N).
+        max_window: window cap.
+        insertion_schedule: α spec for make_schedule; None = model.config.insertion_schedule.
+        unmasking_schedule: β spec; None = model.config.unmasking_schedule.
+        final_insertion: insert the pending mass at t = 1 (spec §7.3.5).
+        fill: how the final pass unmasks the remaining masks: "sample" (temperature / top-k /
+            top-p as in the steps) or "argmax".
+        reference: research behaviour (spec §4.2): linear/linear hazards, the last step fills by
+            argmax and inserts nothing, no final insertion. The top-K clamp and the vocab
+            exclusion fixes stay on. The research code also wrote argmax tokens in every step:
+            set temperature=0 for that.
+        ban_pad: never emit the pad id (the mask id is never emitted; spec §4.7.3).
+        banned_token_ids: further ids never emitted.
+        mask_id: mask token id; None = model.config.mask_token_id.
+        pad_id: pad id; None = model.config.pad_token_id.
+        trim: run the model on the longest current row only. None = on unless
+            model.config.pad_attention == "full" (then outputs depend on the canvas width).
+        draw_at_full_width: draw every per-slot random number at the full canvas width, so
+            trimmed and untrimmed runs give identical samples for a seed.
+        trace: record the canvas after every step (SampleOutput.trace).
+        progress: show a tqdm progress bar.
+    """
+
+    steps: int = 256
+    max_length: int = 1024
+    max_middle: int = 256
+    confidence: str = "prob_diff"
+    temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float | None = None
+    sliding_window: bool = False
+    alpha_win: float = 1.0
+    max_window: int = 32
+    insertion_schedule: str | dict | None = None
+    unmasking_schedule: str | dict | None = None
+    final_insertion: bool = True
+    fill: str = "sample"
+    reference: bool = False
+    ban_pad: bool = True
+    banned_token_ids: tuple[int, ...] = ()
+    mask_id: int | None = None
+    pad_id: int | None = None
+    trim: bool | None = None
+    draw_at_full_width: bool = False
+    trace: bool = False
+    progress: bool = False
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.steps >= 1, "steps must be >= 1"),
+            (self.max_length >= 1, "max_length must be >= 1"),
+            (self.max_middle >= 0, "max_middle must be >= 0"),
+            (self.confidence in CONFIDENCE_METHODS, f"confidence must be one of {CONFIDENCE_METHODS}"),
+            (self.temperature >= 0 and math.isfinite(self.temperature), "temperature must be >= 0"),
+            (self.top_k is None or self.top_k >= 1, "top_k must be >= 1 or None"),
+            (self.top_p is None or 0 < self.top_p <= 1, "top_p must be in (0, 1] or None"),
+            (self.alpha_win > 0 and self.max_window >= 1, "alpha_win must be > 0 and max_window >= 1"),
+            (self.fill in _FILL_MODES, f"fill must be one of {_FILL_MODES}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(f"FlexMDMSamplerConfig: {message} (got {self})")
+
+    @classmethod
+    def from_model(cls, model: Any, **overrides: Any) -> FlexMDMSamplerConfig:
+        """Defaults < ``model.config.sampler_defaults`` (a dict) < ``overrides``.
+
+        Raises:
+            ValueError: a key of sampler_defaults or overrides is not a field of this config.
+        """
+        defaults = dict(getattr(getattr(model, "config", None), "sampler_defaults", None) or {})
+        merged = {**defaults, **overrides}
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(merged) - known)
+        if unknown:
+            raise ValueError(f"sampler settings {unknown} (config.json sampler_defaults or overrides) "
+                             f"are not FlexMDMSamplerConfig fields; known: {sorted(known)}")  # fmt: skip
+        if "banned_token_ids" in merged:
+            merged["banned_token_ids"] = tuple(merged["banned_token_ids"])
+        return cls(**merged)
+
+
+@dataclass
+class _State:
+    """The batch being sampled: canvas [B, L_full] int64 and per-row [B] int64 bookkeeping."""
+
+    canvas: Tensor
+    lengths: Tensor
+    pre: Tensor  # protected ids at the front (prompt / prefix)
+    suf: Tensor  # protected ids at the end (suffix)
+    cap: Tensor  # max length of each row
+    dropped: Tensor
+
+
+@dataclass
+class FlexMDMSampler:
+    """Prompt-conditioned sampling and infilling with a FlexMDM (spec §4.2, §4.4).
+
+    Args:
+        model: ``model(input_ids [B, L], t [B], attention_mask [B, L]) -> .logits [B, L, V],
+            .expected_gaps [B, L + 1]``, with ``model.config`` holding insertion_schedule,
+            unmasking_schedule, mask_token_id, pad_token_id (and optionally sampler_defaults).
+        config: sampler settings; None = FlexMDMSamplerConfig.from_model(model).
+        tokenizer: optional; kept for callers that decode (not used by the sampler itself).
+    """
+
+    model: Any
+    config: FlexMDMSamplerConfig | None = None
+    tokenizer: Any = None
+
+    def __post_init__(self) -> None:
+        if self.config is None:
+            self.config = FlexMDMSamplerConfig.from_model(self.model)
+
+    # ----------------------------------------------------------------------------- public API
+    def sample(
+        self,
+        prompts: list[list[int]] | None = None,
+        num_samples: int = 1,
+        generator: torch.Generator | None = None,
+    ) -> SampleOutput:
+        """Generate continuations of ``prompts`` (or from nothing), each ``num_samples`` times.
+
+        Args:
+            prompts: token-id lists (lengths may differ; their lengths are taken as given, pad ids
+                inside a prompt are fine); None = ``num_samples`` unconditional rows.
+            num_samples: samples per prompt; rows are prompt-major.
+            generator: torch.Generator for every random draw (None = global RNG).
+
+        Returns:
+            SampleOutput; ``generated`` holds the tokens after the prompt.
+
+        Raises:
+            ValueError: a prompt is longer than max_length, or num_samples < 1.
+        """
+        rows = self._repeat([[]] if prompts is None else prompts, num_samples)
+        cap = self.config.max_length
+        too_long = [len(p) for p in rows if len(p) > cap]
+        if too_long:
+            raise ValueError(
+                f"sample: a prompt has {too_long[0]} tokens > max_length={cap}; raise max_length"
+            )
+        return self._run(rows, [[] for _ in rows], [cap] * len(rows), generator)
+
+    def infill(
+        self,
+        prefixes: list[list[int]],
+        suffixes: list[list[int]],
+        num_samples: int = 1,
+        generator: torch.Generator | None = None,
+    ) -> SampleOutput:
+        """Fill the middle between each prefix and suffix; the model picks its length (spec §4.4).
+
+        Prefix and suffix tokens never change; insertions go only into gaps
+        P_pre <= j <= n - P_suf and the middle is at most ``max_middle`` tokens.
+
+        Args:
+            prefixes, suffixes: token-id lists, one pair per problem (boundary tokens included).
+            num_samples: samples per problem. generator: as in :meth:`sample`.
+
+        Returns:
+            SampleOutput; ``generated`` holds the middles.
+
+        Raises:
+            ValueError: the two lists differ in length, or num_samples < 1.
+        """
+        if len(prefixes) != len(suffixes):
+            raise ValueError(f"infill: {len(prefixes)} prefixes but {len(suffixes)} suffixes")
+        pre, suf = self._repeat(prefixes, num_samples), self._repeat(suffixes, num_samples)
+        caps = [len(p) + len(s) + self.config.max_middle for p, s in zip(pre, suf)]
+        return self._run(pre, suf, caps, generator)
+
+    # ----------------------------------------------------------------------------- the run
+    def _run(self, fronts, backs, caps, generator) -> SampleOutput:
+        cfg, mask_id = self.config, self._mask_id()
+        st = self._initial_state(fronts, backs, caps)
+        full = st.canvas.shape[1]
+        rand = RandomSource(generator, full_width=full if cfg.draw_at_full_width else None)
+        trace = Trace() if cfg.trace else None
+        if trace is not None:
+            trace.record(0.0, st.canvas, st.lengths, mask_id, "init")
+        steps, dt = cfg.steps, 1.0 / cfg.steps
+        regular = steps - 1 if cfg.reference else steps
+        passes = 0
+        with torch.no_grad():
+            for i in self._progress(range(regular)):
+                self._step(st, i * dt, dt, rand)
+                passes += 1
+                if trace is not None:
+                    trace.record((i + 1) * dt, st.canvas, st.lengths, mask_id, "step")
+            passes += self._finish(st, rand, trace)
+        return self._output(st, passes, trace)
+
+    def _step(self, st: _State, t: float, dt: float, rand: RandomSource) -> None:
+        """One tau-leaping step: predict, unmask on the pre-insertion canvas, insert (spec §4.2)."""
+        width = self._width(st)
+        pred = predict(self.model, st.canvas, st.lengths, t, width)
+        self._unmask(st, pred.logits, rand, hazard_dt=self._hazard("unmasking", t) * dt)
+        allowed = allowed_gaps(st.lengths, st.pre, st.suf, width + 1)
+        e = insertion_counts(pred.expected_gaps, allowed, self._hazard("insertion", t) * dt, rand)
+        self._insert(st, e, width)
+
+    def _finish(self, st: _State, rand: RandomSource, trace: Trace | None) -> int:
+        """Final insertion at t = 1 and the fill pass (or the reference last step). Returns passes."""
+        cfg, mask_id = self.config, self._mask_id()
+        if cfg.reference:  # last step at t = (S - 1)/S: argmax fill, no insertion
+            t = (cfg.steps - 1) / cfg.steps
+            pred = predict(self.model, st.canvas, st.lengths, t, self._width(st))
+            self._unmask(st, pred.logits, rand, hazard_dt=None, argmax=True)
+            if trace is not None:
+                trace.record(1.0, st.canvas, st.lengths, mask_id, "fill")
+            return 1
+        passes, pred = 0, None
+        if cfg.final_insertion:
+            width = self._width(st)
+            pred = predict(self.model, st.canvas, st.lengths, 1.0, width)
+            passes += 1
+            allowed = allowed_gaps(st.lengths, st.pre, st.suf, width + 1)
+            e = insertion_counts(pred.expected_gaps, allowed, None, rand)
+            if int(self._insert(st, e, width)) > 0:
+                pred = None  # the layout changed: the fill needs a fresh pass
+            if trace is not None:
+                trace.record(1.0, st.canvas, st.lengths, mask_id, "final_insert")
+        if pred is None:
+            pred = predict(self.model, st.canvas, st.lengths, 1.0, self._width(st))
+            passes += 1
+        self._unmask(st, pred.logits, rand, hazard_dt=None, argmax=cfg.fill == "argmax")
+        if trace is not None:
+            trace.record(1.0, st.canvas, st.lengths, mask_id, "fill")
+        return passes
+
+    # ----------------------------------------------------------------------------- step parts
+    def _unmask(
+        self, st: _State, logits: Tensor, rand: RandomSource, hazard_dt: float | None, argmax: bool = False
+    ) -> None:
+        """Unmask K ~ Poisson(N h_β dt) eligible masks by confidence; hazard_dt None = all of them."""
+        cfg, width = self.config, logits.shape[1]
+        view = st.canvas[:, :width]
+        eligible = editable_slots(st.lengths, st.pre, st.suf, width) & (view == self._mask_id())
+        banned = self._banned(logits.shape[-1], logits.device)
+        if hazard_dt is None:
+            chosen = eligible
+        else:
+            n_masks = eligible.sum(-1)
+            k = unmask_count(n_masks, hazard_dt, rand)
+            if cfg.sliding_window:
+                eligible = first_k_eligible(eligible, window_size(k, cfg.alpha_win, cfg.max_window, n_masks))
+            conf = confidence(cfg.confidence, logits, eligible, st.lengths, rand, banned)
+            chosen = select_top_k(conf, eligible, k)
+        u = rand.uniform(view.shape[0], width, view.device)
+        temperature = 0.0 if argmax else cfg.temperature
+        view[chosen] = draw_tokens(logits[chosen], u[chosen], temperature, cfg.top_k, cfg.top_p, banned)
+
+    def _insert(self, st: _State, e: Tensor, width: int) -> Tensor:
+        """Apply the max-length cap, then insert; returns the number of masks inserted."""
+        kept, dropped = cap_insertions(e, st.lengths, st.cap)
+        st.dropped += dropped
+        canvas, lengths = insert_masks(st.canvas[:, :width], st.lengths, kept, self._mask_id(),
+                                       self._pad_id(), out_width=st.canvas.shape[1])  # fmt: skip
+        st.canvas, st.lengths = canvas, lengths
+        return kept.sum()
+
+    # ----------------------------------------------------------------------------- helpers
+    def _initial_state(self, fronts, backs, caps) -> _State:
+        device = self._device()
+        full = max(max(caps), 1)
+        rows = [torch.tensor(f + b, dtype=torch.long) for f, b in zip(fronts, backs)]
+        canvas = torch.full((len(rows), full), self._pad_id(), dtype=torch.long)
+        for b, row in enumerate(rows):  # input conversion only; the steps are vectorised
+            canvas[b, : len(row)] = row
+        as_tensor = lambda xs: torch.tensor(xs, dtype=torch.long, device=device)  # noqa: E731
+        return _State(
+            canvas=canvas.to(device),
+            lengths=as_tensor([len(r) for r in rows]),
+            pre=as_tensor([len(f) for f in fronts]),
+            suf=as_tensor([len(b) for b in backs]),
+            cap=as_tensor(list(caps)),
+            dropped=torch.zeros(len(rows), dtype=torch.long, device=device),
+        )
+
+    def _output(self, st: _State, passes: int, trace: Trace | None) -> SampleOutput:
+        canvas, lengths = st.canvas.cpu(), st.lengths.cpu()
+        pre, suf = st.pre.cpu(), st.suf.cpu()
+        seqs = [canvas[b, : int(lengths[b])].tolist() for b in range(canvas.shape[0])]
+        gen = [s[int(pre[b]) : len(s) - int(suf[b])] for b, s in enumerate(seqs)]
+        return SampleOutput(seqs, gen, lengths, pre, suf, st.dropped.cpu(), passes, trace)
+
+    @staticmethod
+    def _repeat(rows: list[list[int]], num_samples: int) -> list[list[int]]:
+        if num_samples < 1:
+            raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+        return [[int(x) for x in row] for row in rows for _ in range(num_samples)]
+
+    def _width(self, st: _State) -> int:
+        trim = self.config.trim
+        if trim is None:
+            trim = getattr(getattr(self.model, "config", None), "pad_attention", None) != "full"
+        return max(int(st.lengths.max()), 1) if trim else st.canvas.shape[1]
+
+    def _schedule(self, kind: str) -> Schedule:
+        if self.config.reference:
+            return make_schedule("linear")
+        spec = getattr(self.config, f"{kind}_schedule")
+        if spec is None:
+            spec = getattr(getattr(self.model, "config", None), f"{kind}_schedule", None)
+        if spec is None:
+            raise ValueError(f"sampler: no {kind} schedule: set FlexMDMSamplerConfig.{kind}_schedule "
+                             f"or model.config.{kind}_schedule")  # fmt: skip
+        return make_schedule(spec)
+
+    def _hazard(self, kind: str, t: float) -> float:
+        h = float(self._schedule(kind).rate(t))
+        if not math.isfinite(h):
+            raise ValueError(f"sampler: {kind} hazard at t={t} is {h}; use more steps or another schedule")
+        return h
+
+    def _config_id(self, name: str, model_key: str) -> int:
+        value = getattr(self.config, name)
+        if value is None:
+            value = getattr(getattr(self.model, "config", None), model_key, None)
+        if value is None:
+            raise ValueError(f"sampler: set FlexMDMSamplerConfig.{name} or model.config.{model_key}")
+        return int(value)
+
+    def _mask_id(self) -> int:
+        return self._config_id("mask_id", "mask_token_id")
+
+    def _pad_id(self) -> int:
+        return self._config_id("pad_id", "pad_token_id")
+
+    def _banned(self, vocab: int, device: torch.device) -> Tensor:
+        ids = [self._mask_id(), *self.config.banned_token_ids]
+        if self.config.ban_pad:
+            ids.append(self._pad_id())
+        banned = torch.zeros(vocab, dtype=torch.bool, device=device)
+        banned[torch.tensor([i for i in ids if 0 <= i < vocab], dtype=torch.long, device=device)] = True
+        return banned
+
+    def _device(self) -> torch.device:
+        try:
+            return next(self.model.parameters()).device
+        except (AttributeError, StopIteration, TypeError):
+            return torch.device(getattr(self.model, "device", "cpu"))
+
+    def _progress(self, iterable):
+        if not self.config.progress:
+            return iterable
+        from tqdm.auto import tqdm
+
+        return tqdm(iterable, desc="flexmdm sampling", unit="step")
+
+    def with_options(self, **overrides: Any) -> FlexMDMSampler:
+        """A copy with ``dataclasses.replace(self.config, **overrides)``."""
+        return replace(self, config=replace(self.config, **overrides))
