@@ -7,6 +7,7 @@ load LLaDA folders (even with an `auto_map` in config.json) without `trust_remot
 
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForMaskedLM
 
+from retrofit.models.flexmdm import FlexMDMConfig, FlexMDMModel
 from retrofit.models.llada import LLaDAConfig, LLaDAModelLM
 
 
@@ -17,5 +18,6 @@ def _register(config_cls, model_cls, auto_classes) -> None:
 
 
 _register(LLaDAConfig, LLaDAModelLM, (AutoModel, AutoModelForCausalLM, AutoModelForMaskedLM))
+_register(FlexMDMConfig, FlexMDMModel, (AutoModel,))
 
-__all__ = ["LLaDAConfig", "LLaDAModelLM"]
+__all__ = ["FlexMDMConfig", "FlexMDMModel", "LLaDAConfig", "LLaDAModelLM"]

@@ -1,0 +1,67 @@
+"""`retrofit graft`: LLaDA folder -> initial FlexMDM checkpoint folder (spec §2.4-2.6).
+
+Example:
+    retrofit graft --base path/to/LLaDA-8B-Base --out runs/flexmdm-init --dtype bf16
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+DTYPES = {"bf16": "bfloat16", "fp32": "float32"}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of `retrofit graft`."""
+    parser.add_argument("--base", required=True, help="local LLaDA checkpoint folder")
+    parser.add_argument("--out", required=True, help="output folder (must not exist unless --overwrite)")
+    parser.add_argument("--canvas-width", type=int, default=1024, help="training canvas width L_max")
+    parser.add_argument("--adaln-group-size", type=int, default=8, help="blocks sharing one AdaLN modulator")
+    parser.add_argument(
+        "--insertion-schedule",
+        default="geometric",
+        help='insertion schedule alpha, e.g. "geometric" (= geometric:10,0.01), "linear"',
+    )
+    parser.add_argument("--unmasking-schedule", default="linear", help="unmasking schedule beta")
+    parser.add_argument(
+        "--pad-attention",
+        choices=("slots", "full"),
+        default="slots",
+        help='"slots": row b attends to its n_b slots + the length slot; "full": research behaviour',
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the new modules' init")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="bf16", help="dtype of the saved tensors")
+    parser.add_argument("--max-shard-size", default="5GB", help='safetensors shard size, e.g. "5GB"')
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Graft and save; prints the output folder. Returns 0, or 1 with a message on stderr."""
+    if Path(args.out).exists() and not args.overwrite:  # refuse before the slow imports
+        print(f"retrofit graft: error: --out {args.out} already exists; pass --overwrite", file=sys.stderr)
+        return 1
+    import torch
+
+    from retrofit.graft import graft_checkpoint
+
+    try:
+        out = graft_checkpoint(
+            args.base,
+            args.out,
+            dtype=getattr(torch, DTYPES[args.dtype]),
+            seed=args.seed,
+            max_shard_size=args.max_shard_size,
+            overwrite=args.overwrite,
+            canvas_width=args.canvas_width,
+            adaln_group_size=args.adaln_group_size,
+            insertion_schedule=args.insertion_schedule,
+            unmasking_schedule=args.unmasking_schedule,
+            pad_attention=args.pad_attention,
+        )
+    except (FileNotFoundError, FileExistsError, ValueError) as err:
+        print(f"retrofit graft: error: {err}", file=sys.stderr)
+        return 1
+    print(out)
+    return 0

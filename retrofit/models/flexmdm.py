@@ -1,0 +1,398 @@
+"""FlexMDM grafted onto a LLaDA trunk: time-conditioned token posteriors + expected gap counts.
+
+    input_ids [B, L] --append one pad column--> canvas [B, L+1]
+    t [B] -> temb -> time_mlp -> e [B, D] -> adaln[k](e) = (scale, shift) for blocks of group k
+    backbone(canvas, key mask, block_modulation) -> h [B, L+1, D] (post-ln_f)
+    logits = backbone.compute_logits(h[:, :L])     [B, L, V]  (or [N, V] at logits_mask)
+    expected_gaps = length_head(h)                  [B, L+1]
+
+Spec §2.1-2.10. With zero AdaLN the token logits equal the base LLaDA's on the same width-(L+1)
+canvas and key mask (spec §2.10), so a fresh graft starts from the pretrained model.
+
+Usage:
+    >>> import retrofit.models  # registers "flexmdm" with AutoConfig / AutoModel
+    >>> model = FlexMDMModel.from_llada("path/to/LLaDA-8B-Base", dtype=torch.bfloat16, seed=0)
+    >>> out = model(input_ids, t=torch.full((B,), 0.5), attention_mask=slot_mask)
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import PretrainedConfig, PreTrainedModel
+from transformers.utils import ModelOutput
+
+from retrofit.models.length_head import LengthHead
+from retrofit.models.llada import LLaDAConfig, LLaDAModelLM
+from retrofit.models.time_embedding import AdaLNModulation, SinusoidalTimeEmbedding, TimeMLP
+from retrofit.schedules import make_schedule
+
+PAD_ATTENTION_MODES = ("slots", "full")
+_UNSTORED_BACKBONE_KEYS = ("_name_or_path", "transformers_version")
+# Arguments that generic wrappers (peft's PeftModelForCausalLM, Trainer) pass and FlexMDM ignores when None.
+_IGNORED_FORWARD_KWARGS = (
+    "inputs_embeds",
+    "labels",
+    "output_attentions",
+    "output_hidden_states",
+    "return_dict",
+)
+
+
+class FlexMDMConfig(PretrainedConfig):
+    """Configuration of a FlexMDM retrofit of LLaDA (`model_type` "flexmdm"; spec §2, §9.7).
+
+    The sampler defaults to the *training* schedules stored here (`insertion_schedule`,
+    `unmasking_schedule`), unlike the research code, which trains with geometric insertion and
+    samples with linear (spec §4.5, §9.3); `sampler_defaults` may record other sampler settings.
+
+    Args:
+        backbone: the LLaDA config (dict or LLaDAConfig); None = LLaDA-8B defaults.
+        time_embed_dim: sinusoidal feature size E (even); default d_model.
+        time_hidden_size: time-MLP hidden width; default 4 * d_model.
+        adaln_group_size: consecutive blocks sharing one AdaLN modulator (spec §2.5); default 8.
+            Number of groups = ceil(n_layers / adaln_group_size).
+        length_head_hidden: length-head hidden width; default d_model.
+        length_scale: multiplier of the length head's softplus; default `canvas_width` (spec §2.6).
+        canvas_width: training canvas width L_max (1024 in the 8B recipe).
+        loss_normalizer: divisor of the summed loss (spec §3.4); default `canvas_width`.
+        pad_attention: "slots" (row b attends to keys 0..n_b: exact under trimming) or "full"
+            (all L+1 columns attend to each other, the research retrofit; spec §2.2).
+        insertion_schedule: alpha, a `make_schedule` description; default geometric(10, 0.01).
+        unmasking_schedule: beta; default linear.
+        mask_token_id: mask id M; default the backbone's.
+        pad_token_id: pad id (the appended column and canvas tail); default the backbone's.
+        base_model: name or path of the LLaDA it was grafted from (informational).
+        sampler_defaults: optional sampler settings (e.g. {"steps": 256}).
+        time_max_period: sinusoid period base (spec §2.4), 10 000.
+
+    Raises:
+        ValueError: invalid value; the message names the field.
+    """
+
+    model_type = "flexmdm"
+
+    def __init__(
+        self,
+        backbone: dict[str, Any] | LLaDAConfig | None = None,
+        time_embed_dim: int | None = None,
+        time_hidden_size: int | None = None,
+        adaln_group_size: int = 8,
+        length_head_hidden: int | None = None,
+        length_scale: float | None = None,
+        canvas_width: int = 1024,
+        loss_normalizer: float | None = None,
+        pad_attention: str = "slots",
+        insertion_schedule: dict[str, Any] | str | None = None,
+        unmasking_schedule: dict[str, Any] | str | None = None,
+        mask_token_id: int | None = None,
+        pad_token_id: int | None = None,
+        base_model: str | None = None,
+        sampler_defaults: dict[str, Any] | None = None,
+        time_max_period: float = 10000.0,
+        **kwargs,
+    ):
+        llada = backbone if isinstance(backbone, LLaDAConfig) else LLaDAConfig.from_dict(dict(backbone or {}))
+        self.backbone = {k: v for k, v in llada.to_diff_dict().items() if k not in _UNSTORED_BACKBONE_KEYS}
+        d = llada.d_model
+        self.time_embed_dim = time_embed_dim or d
+        self.time_hidden_size = time_hidden_size or 4 * d
+        self.adaln_group_size = adaln_group_size
+        self.length_head_hidden = length_head_hidden or d
+        self.canvas_width = canvas_width
+        self.length_scale = float(canvas_width if length_scale is None else length_scale)
+        self.loss_normalizer = float(canvas_width if loss_normalizer is None else loss_normalizer)
+        self.pad_attention = pad_attention
+        self.insertion_schedule = make_schedule(insertion_schedule or "geometric").to_dict()
+        self.unmasking_schedule = make_schedule(unmasking_schedule or "linear").to_dict()
+        self.mask_token_id = llada.mask_token_id if mask_token_id is None else mask_token_id
+        self.base_model = base_model
+        self.sampler_defaults = dict(sampler_defaults or {})
+        self.time_max_period = time_max_period
+        kwargs.setdefault("tie_word_embeddings", False)
+        pad = llada.pad_token_id if pad_token_id is None else pad_token_id
+        super().__init__(pad_token_id=pad, **kwargs)
+        self.validate_flexmdm()
+
+    @property
+    def backbone_config(self) -> LLaDAConfig:
+        """The backbone's LLaDAConfig (built from the stored `backbone` dict)."""
+        return LLaDAConfig.from_dict(dict(self.backbone))
+
+    @property
+    def hidden_size(self) -> int:  # read by DeepSpeed "auto" bucket sizes and peft helpers
+        return int(self.backbone["d_model"])
+
+    @property
+    def num_hidden_layers(self) -> int:
+        return int(self.backbone["n_layers"])
+
+    @property
+    def num_adaln_groups(self) -> int:
+        """ceil(n_layers / adaln_group_size): 4 for LLaDA-8B with groups of 8 (spec §2.5)."""
+        return math.ceil(self.num_hidden_layers / self.adaln_group_size)
+
+    def validate_flexmdm(self) -> None:
+        """Raise ValueError naming the config field if a value is invalid."""
+        checks = [
+            ("pad_attention", self.pad_attention in PAD_ATTENTION_MODES, f"one of {PAD_ATTENTION_MODES}"),
+            ("adaln_group_size", self.adaln_group_size >= 1, "an integer >= 1"),
+            ("canvas_width", self.canvas_width >= 1, "an integer >= 1"),
+            ("time_embed_dim", self.time_embed_dim > 0 and self.time_embed_dim % 2 == 0, "positive and even"),
+            ("length_scale", self.length_scale > 0, "> 0"),
+            ("loss_normalizer", self.loss_normalizer > 0, "> 0"),
+            ("pad_token_id", self.pad_token_id is not None, "set (LLaDA uses <|endoftext|>)"),
+            ("mask_token_id", self.mask_token_id is not None, "set (LLaDA uses <|mdm_mask|>)"),
+        ]
+        for field, ok, need in checks:
+            if not ok:
+                raise ValueError(
+                    f"FlexMDMConfig.{field}={getattr(self, field)!r} is invalid: it must be {need}"
+                )
+        if self.pad_token_id == self.mask_token_id:
+            raise ValueError(f"FlexMDMConfig: pad_token_id and mask_token_id are both {self.pad_token_id}")
+
+
+@dataclass
+class FlexMDMOutput(ModelOutput):
+    """Output of `FlexMDMModel.forward` (spec §2.1).
+
+    Attributes:
+        logits: [B, L, V_emb] token logits in the model dtype, or [N, V_emb] for the N True
+            entries of `logits_mask` (row-major order, i.e. `logits_mask.nonzero()`).
+        expected_gaps: [B, L+1] float32 >= 0: g_hat_j, the expected number of insertions into
+            gap j (read at position j; j = n_b is the tail gap; spec §2.2, §2.6).
+    """
+
+    logits: torch.Tensor | None = None
+    expected_gaps: torch.Tensor | None = None
+
+
+class FlexMDMModel(PreTrainedModel):
+    """LLaDA trunk + time embedding + grouped zero-init AdaLN + length head (spec §2.4-2.6).
+
+    Submodules: `backbone` (LLaDAModelLM; tensors under `backbone.model.transformer.*`),
+    `time_embedding` (parameter-free), `time_mlp`, `adaln` (ModuleList, one modulator per group)
+    and `length_head`. Every forward calls these submodules (never reads their weights), so
+    peft LoRA / `modules_to_save` wrappers, gradient checkpointing and ZeRO-3 compose.
+
+    Args:
+        config: the FlexMDMConfig.
+        backbone: an existing LLaDAModelLM to reuse (no copy); default: a new one from
+            `config.backbone_config`.
+    """
+
+    config_class = FlexMDMConfig
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["LLaDABlock"]
+    _supports_sdpa = True
+
+    def __init__(self, config: FlexMDMConfig, backbone: LLaDAModelLM | None = None):
+        super().__init__(config)
+        d = config.hidden_size
+        self.backbone = backbone if backbone is not None else LLaDAModelLM(config.backbone_config)
+        self.time_embedding = SinusoidalTimeEmbedding(config.time_embed_dim, config.time_max_period)
+        self.time_mlp = TimeMLP(config.time_embed_dim, config.time_hidden_size, d)
+        self.adaln = nn.ModuleList(AdaLNModulation(d) for _ in range(config.num_adaln_groups))
+        self.length_head = LengthHead(d, config.length_head_hidden, config.length_scale)
+        self.post_init()
+
+    def _init_weights(self, module: nn.Module) -> None:
+        """Init of the new modules only (the backbone dispatches to its own `_init_weights`).
+
+        transformers runs this on modules not loaded from a checkpoint; torch.nn.init is guarded
+        there, so tensors already loaded (flag `_is_hf_initialized`) are never overwritten.
+        """
+        if isinstance(module, (nn.Linear, nn.LayerNorm)):
+            # PyTorch default init (spec §2.4, §2.6); AdaLNModulation's reset is zero (spec §2.5)
+            module.reset_parameters()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.backbone.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.backbone.set_input_embeddings(value)
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.backbone.get_output_embeddings()
+
+    @classmethod
+    def can_generate(cls) -> bool:
+        """False: FlexMDM is sampled by `retrofit.sampling`, not by transformers' `generate()`."""
+        return False
+
+    def prepare_inputs_for_generation(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        """Present so peft's `task_type="CAUSAL_LM"` wrapper accepts the model; never used.
+
+        Raises:
+            NotImplementedError: always: sample with `retrofit.sampling`, not `generate()`.
+        """
+        raise NotImplementedError(
+            "FlexMDM is not autoregressive: sample with retrofit.sampling, not generate()"
+        )
+
+    def new_module_names(self) -> list[str]:
+        """Names of the modules the graft adds, for peft `modules_to_save` (spec §2.9)."""
+        return ["time_mlp", "length_head"] + [f"adaln.{k}" for k in range(len(self.adaln))]
+
+    def block_modulation(self, t: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per-block AdaLN (scale, shift) for times t [B] float (spec §2.4-2.5).
+
+        Returns:
+            A list with one (scale [B, D], shift [B, D]) pair per backbone block; blocks
+            k*G .. k*G+G-1 share the pair of group k (G = adaln_group_size).
+        """
+        e = self.time_mlp(self.time_embedding(t))  # [B, D]
+        group_mods = [modulator(e) for modulator in self.adaln]
+        group = self.config.adaln_group_size
+        return [group_mods[i // group] for i in range(self.config.num_hidden_layers)]
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor,
+        t: torch.Tensor | float,
+        attention_mask: torch.Tensor | None = None,
+        logits_mask: torch.Tensor | None = None,
+        **kwargs,
+    ) -> FlexMDMOutput:
+        """Token posteriors and expected gap counts for the canvas x_t at time t (spec §2.1-2.2).
+
+        Args:
+            input_ids: [B, L] int64 canvas: the n_b slots of row b, then pad.
+            t: [B] float FlexMDM times in [0, 1] (a python float or 0-dim tensor is broadcast).
+            attention_mask: [B, L] bool/int, 1 on the n_b real slots of row b (left-aligned);
+                None = all L slots are real. Row lengths n_b come only from this mask.
+            logits_mask: optional [B, L] bool; if given, logits are computed only there.
+
+        Returns:
+            FlexMDMOutput(logits [B, L, V_emb] or [N, V_emb], expected_gaps [B, L+1] fp32 >= 0).
+            In "slots" mode row b attends to keys 0..n_b and position n_b (the length slot)
+            always holds pad_token_id, so a row's outputs on positions 0..n_b do not depend on
+            the canvas width or on other rows. In "full" mode every column is attended.
+
+        Raises:
+            ValueError: bad shapes, a mask that is not left-aligned, or unsupported arguments.
+        """
+        _check_ignored_kwargs(kwargs)
+        B, L = input_ids.shape
+        times = _batch_times(t, B, input_ids.device)  # [B] fp32
+        canvas, key_mask = self._canvas(input_ids, attention_mask)  # [B, L+1], [B, L+1] | None
+        out = self.backbone(
+            canvas,
+            attention_mask=key_mask,
+            block_modulation=self.block_modulation(times),
+            return_logits=False,
+        )
+        h = out.last_hidden_state  # [B, L+1, D], post-ln_f
+        if logits_mask is None:
+            # The LM head runs on all L+1 rows, as in the base LLaDA, so the GEMM (whose rounding
+            # depends on its shape) gives bitwise the base's logits at graft time (spec §2.10).
+            logits = self.backbone.compute_logits(h)[:, :L]  # [B, L, V] (a view)
+        else:
+            if logits_mask.shape != (B, L):
+                raise ValueError(f"logits_mask has shape {tuple(logits_mask.shape)}, expected {(B, L)}")
+            logits = self.backbone.compute_logits(h[:, :L][logits_mask.bool()])  # [N, V]
+        return FlexMDMOutput(logits=logits, expected_gaps=self.length_head(h))
+
+    def _canvas(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Append the pad column; in "slots" mode also the key mask of keys 0..n_b (spec §2.2)."""
+        B, L = input_ids.shape
+        pad = self.config.pad_token_id
+        canvas = nn.functional.pad(input_ids, (0, 1), value=pad)  # [B, L+1]
+        if self.config.pad_attention == "full":
+            return canvas, None
+        lengths = _row_lengths(attention_mask, B, L, input_ids.device)  # [B]
+        pos = torch.arange(L + 1, device=input_ids.device)  # [L+1]
+        canvas = torch.where(pos[None, :] == lengths[:, None], pad, canvas)  # length slot = pad
+        return canvas, pos[None, :] <= lengths[:, None]
+
+    @classmethod
+    def from_llada(
+        cls,
+        path_or_model: str | Path | LLaDAModelLM,
+        *,
+        seed: int | None = None,
+        dtype: torch.dtype | None = None,
+        **graft_kwargs: Any,
+    ) -> FlexMDMModel:
+        """Graft fresh FlexMDM modules onto a LLaDA model (spec §2.4-2.6, §2.10).
+
+        Args:
+            path_or_model: a LLaDAModelLM (reused as the backbone, no copy) or a folder / Hub name.
+            seed: if given, the new modules are initialised from `torch.manual_seed(seed)` on CPU
+                in fp32 (same values on every device); the global RNG state is restored after.
+            dtype: cast the whole model (backbone included) to this dtype; default: keep the
+                backbone's dtype (when loading a path: the checkpoint's stored dtype).
+            **graft_kwargs: FlexMDMConfig fields (canvas_width, adaln_group_size, schedules, ...).
+
+        Returns:
+            The FlexMDMModel, on the backbone's device, in eval/train mode of the backbone.
+        """
+        if isinstance(path_or_model, LLaDAModelLM):
+            backbone = path_or_model
+        else:
+            backbone = _load_llada(path_or_model, dtype)
+            graft_kwargs.setdefault("base_model", str(path_or_model))
+        graft_kwargs.setdefault("base_model", backbone.name_or_path or None)
+        config = FlexMDMConfig(backbone=backbone.config, **graft_kwargs)
+        for item in (*backbone.modules(), *backbone.parameters(), *backbone.buffers()):
+            item._is_hf_initialized = True  # post_init must not re-initialise the pretrained trunk
+        first = next(backbone.parameters())
+        with torch.random.fork_rng(devices=[]):
+            if seed is not None:
+                torch.manual_seed(seed)
+            model = cls(config, backbone=backbone)
+        model.to(device=first.device, dtype=dtype or first.dtype)
+        return model.train(backbone.training)
+
+
+def _check_ignored_kwargs(kwargs: dict[str, Any]) -> None:
+    unexpected = [k for k, v in kwargs.items() if k not in _IGNORED_FORWARD_KWARGS or not _is_flag(v)]
+    if unexpected:
+        raise ValueError(
+            f"FlexMDMModel.forward got unsupported arguments {sorted(unexpected)}; "
+            "pass input_ids, t, attention_mask and logits_mask"
+        )
+
+
+def _is_flag(value: Any) -> bool:
+    return value is None or isinstance(value, bool)
+
+
+def _batch_times(t: torch.Tensor | float, batch: int, device: torch.device) -> torch.Tensor:
+    """t as float32 [B] on `device`; a python float or 0-dim tensor is broadcast."""
+    times = torch.as_tensor(t, device=device).float()
+    if times.ndim == 0:
+        return times.expand(batch)
+    if times.shape != (batch,):
+        raise ValueError(f"t has shape {tuple(times.shape)}, expected ({batch},) or a scalar")
+    return times
+
+
+def _row_lengths(attention_mask: torch.Tensor | None, batch: int, width: int, device) -> torch.Tensor:
+    """n_b [B] int64 from a left-aligned slot mask (never from counting pad ids)."""
+    if attention_mask is None:
+        return torch.full((batch,), width, dtype=torch.long, device=device)
+    if attention_mask.shape != (batch, width):
+        raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}, expected {(batch, width)}")
+    mask = attention_mask.bool()
+    lengths = mask.sum(-1)  # [B]
+    if not torch.equal(mask, torch.arange(width, device=device)[None, :] < lengths[:, None]):
+        raise ValueError("attention_mask must mark each row's real slots as a left-aligned run of ones")
+    return lengths
+
+
+def _load_llada(path: str | Path, dtype: torch.dtype | None) -> LLaDAModelLM:
+    """Load a LLaDA folder with `retrofit.models.loading.load_llada` when available."""
+    try:
+        from retrofit.models.loading import load_llada
+    except ImportError:
+        return LLaDAModelLM.from_pretrained(str(path), dtype=dtype or "auto")
+    return load_llada(path, dtype)
