@@ -35,3 +35,52 @@ def tiny_llada_dir(tmp_path_factory) -> Path:
     from retrofit.models.tiny import write_tiny_llada
 
     return write_tiny_llada(tmp_path_factory.mktemp("tiny") / "llada", layers=2, d_model=64, heads=4, seed=0)
+
+
+@pytest.fixture(scope="session")
+def trained_checkpoint(tiny_llada_dir, tmp_path_factory):
+    """A FlexMDM training checkpoint of `tiny_llada_dir`, saved like the trainer saves it.
+
+    LoRA (r 4, alpha 8: scaling 2) on q/k/v_proj + transformer.ff_out, modules_to_save =
+    new_module_names(); every trainable tensor perturbed so the merge is non-trivial. Returns a
+    namespace: ckpt, base, batch (input_ids [2, 10], t [2], attention_mask [2, 10]), logits /
+    gaps of the in-training (peft, eval) model, and backbone_logits (LoRA-live backbone on
+    input_ids alone, the --to-llada reference). Session-scoped: copy `ckpt` before modifying it.
+    """
+    import json
+    from types import SimpleNamespace
+
+    import torch
+
+    from retrofit.models import FlexMDMModel
+    from retrofit.training.args import LoraRecipe
+    from retrofit.training.checkpoint import write_manifest
+    from retrofit.training.lora import wrap_with_lora
+
+    model = FlexMDMModel.from_llada(
+        tiny_llada_dir, seed=0, dtype=torch.float32, canvas_width=64, adaln_group_size=1
+    )
+    peft_model = wrap_with_lora(model, LoraRecipe(r=4, alpha=8, dropout=0.1), model.new_module_names())
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for param in (p for p in peft_model.parameters() if p.requires_grad):
+            param.add_(0.05 * torch.randn(param.shape, generator=gen))
+    ckpt = tmp_path_factory.mktemp("trained") / "checkpoint-7"
+    peft_model.save_pretrained(ckpt)
+    (ckpt / "trainer_state.json").write_text(
+        json.dumps({"global_step": 7, "log_history": [{"loss": 3.5, "step": 7}]})
+    )
+    write_manifest(ckpt, kind="flexmdm", base_model=tiny_llada_dir, model_config=model.config.to_dict(),
+                   lora=peft_model.peft_config["default"].to_dict(), recipe={"data": {"train": ["gsm8k"]}}, step=7)  # fmt: skip
+    ids = torch.randint(0, model.config.backbone["vocab_size"], (2, 10), generator=gen)
+    batch = {
+        "input_ids": ids,
+        "t": torch.tensor([0.3, 0.9]),
+        "attention_mask": torch.arange(10) < torch.tensor([[10], [7]]),
+    }
+    inner = peft_model.get_base_model().eval()
+    with torch.no_grad():
+        out = inner(**batch)
+        backbone_logits = inner.backbone(ids).logits
+    return SimpleNamespace(ckpt=ckpt, base=tiny_llada_dir, batch=batch, logits=out.logits,
+                           gaps=out.expected_gaps, backbone_logits=backbone_logits)  # fmt: skip
