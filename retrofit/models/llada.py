@@ -74,7 +74,7 @@ class LLaDAConfig(PretrainedConfig):
         self,
         d_model: int = 4096,
         n_heads: int = 32,
-        n_kv_heads: int | None = 32,
+        n_kv_heads: int | None = None,
         n_layers: int = 32,
         mlp_ratio: int = 4,
         mlp_hidden_size: int | None = 12288,
