@@ -19,14 +19,13 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
 
+from retrofit.io_utils import atomic_directory
 from retrofit.models.llada import LLaDAConfig, LLaDAModelLM
 from retrofit.models.tokenizer import MASK_TOKEN, build_tokenizer, save_tokenizer
 
@@ -155,8 +154,8 @@ def write_tiny_llada(
     """Write a randomly initialised LLaDA checkpoint, deterministic for `seed` (fp32 weights).
 
     Args:
-        out_dir: destination folder; written atomically (temp folder in the same parent, then
-            rename).
+        out_dir: destination folder; written atomically (`retrofit.io_utils.atomic_directory`:
+            temp folder beside it, renamed when complete).
         layers, d_model, heads, kv_heads, mlp_hidden: model shape (kv_heads None = heads;
             mlp_hidden None = 3 * d_model).
         vocab_size: BPE size (incl. specials) fitted on `train_on`; needs `train_on`.
@@ -192,16 +191,9 @@ def write_tiny_llada(
     )
     torch.manual_seed(seed)
     model = LLaDAModelLM(config)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    try:
+    replace = overwrite or out_dir.is_dir()  # an existing folder is empty here unless overwrite
+    with atomic_directory(out_dir, overwrite=replace) as tmp:
         (tmp / "config.json").write_text(json.dumps(official_config_dict(config), indent=2) + "\n")
         save_sharded(model.state_dict(), tmp, max_shard_size)
         save_tokenizer(tokenizer, tmp)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        tmp.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir

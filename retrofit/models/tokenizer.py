@@ -140,8 +140,8 @@ def build_tokenizer(
     Args:
         train_on: text files / directories to fit BPE merges on (see `iter_texts`). None gives
             the data-free tokenizer: 256 byte tokens + 6 special tokens = 262 ids.
-        vocab_size: target size including the special tokens when `train_on` is given (the
-            trainer may stop short on small data). Must be >= 262.
+        vocab_size: target size including the special tokens when `train_on` is given
+            (default 4096; the trainer may stop short on small data). Must be >= 262.
         add_bos_token: whether `tokenizer(text)` prepends BOS (see the module docstring).
 
     Returns:
