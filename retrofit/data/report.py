@@ -100,6 +100,9 @@ class DataReport:
     split_extra: int = 0
     streaming: bool = False
 
+    def __post_init__(self) -> None:
+        self.skipped = Counter(self.skipped)
+
     @property
     def num_skipped(self) -> int:
         """Total number of skipped candidates (all reasons)."""

@@ -33,6 +33,7 @@ import datasets
 
 __all__ = [
     "HUB_DEFAULTS",
+    "SKIP_DIRS",
     "SOURCE_FIELDS",
     "load_source",
     "read_code_files",
@@ -53,6 +54,10 @@ SOURCE_FIELDS: dict[str, dict[str, str]] = {
     "opc-sft": {"prompt_field": "instruction", "response_field": "output"},
 }
 """Default field names per short source name (spec keys a builder may override)."""
+
+SKIP_DIRS = frozenset({"site-packages", "dist-packages", "__pycache__", ".git", ".venv"})
+"""Folder names never searched by `read_code_files` (installed packages, caches, VCS)."""
+STDLIB_EXCLUDE = SKIP_DIRS | {"test", "tests"}
 
 _FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv", ".txt": "text"}
 _HUMANEVAL_LOCAL = "humaneval-infilling/HumanEval-SingleLineInfilling.jsonl.gz"
@@ -98,8 +103,8 @@ def load_source(
         RuntimeError: a Hub dataset could not be loaded (offline, wrong name); the message says
             how to use local data instead.
     """
-    if source == "stdlib":
-        return read_code_files(sysconfig.get_paths()["stdlib"])
+    if source == "stdlib":  # the library itself, without its test suite
+        return read_code_files(sysconfig.get_paths()["stdlib"], exclude=STDLIB_EXCLUDE)
     if source.startswith("code:"):
         return read_code_files(source[len("code:") :])
     local = resolve_data_dir(data_dir)
@@ -147,8 +152,13 @@ def _load_hub(source: str, split: str, streaming: bool) -> datasets.Dataset | da
         ) from err
 
 
-def read_code_files(directory: str | os.PathLike, pattern: str = "*.py") -> datasets.Dataset:
+def read_code_files(
+    directory: str | os.PathLike, pattern: str = "*.py", exclude: frozenset[str] = SKIP_DIRS
+) -> datasets.Dataset:
     """One row per file matching ``pattern`` below ``directory`` (recursive, sorted by path).
+
+    Files inside a folder named in ``exclude`` (default `SKIP_DIRS`) are left out. The ``stdlib``
+    source also leaves out ``test`` / ``tests`` (about 700 files, 11 MB on CPython 3.11).
 
     Undecodable bytes are replaced (U+FFFD), so a stray Latin-1 file cannot stop a run.
 
@@ -159,7 +169,8 @@ def read_code_files(directory: str | os.PathLike, pattern: str = "*.py") -> data
         FileNotFoundError: ``directory`` is not a folder or holds no matching file.
     """
     root = Path(directory).expanduser()
-    files = sorted(p for p in root.rglob(pattern) if p.is_file()) if root.is_dir() else []
+    found = root.rglob(pattern) if root.is_dir() else []
+    files = sorted(p for p in found if p.is_file() and not exclude & set(p.relative_to(root).parts[:-1]))
     if not files:
         raise FileNotFoundError(f"code source {root}: no {pattern} files found (is it a folder of code?)")
     texts = [p.read_text(encoding="utf-8", errors="replace") for p in files]
