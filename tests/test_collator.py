@@ -185,6 +185,8 @@ def test_counter_determinism_and_resume() -> None:
     resumed.load_state_dict({"calls": 2})
     assert first.state_dict() == {"calls": 4}
     assert torch.equal(resumed(feats)["t"], outs[2]["t"]) and not torch.equal(outs[0]["t"], outs[1]["t"])
+    evaluation = first.eval_copy()
+    assert torch.equal(evaluation(feats)["t"], outs[0]["t"]) and first.calls == 4 and evaluation.calls == 1
     other_rank = collator(time_mode="banded", grad_accum=3, world_size=2, rank=1)
     assert not torch.equal(other_rank(feats)["t"], outs[0]["t"])
 

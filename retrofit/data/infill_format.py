@@ -86,7 +86,7 @@ def infill_canvas_width(max_length: int, tokenizer: Any) -> int:
 
 
 def infill_prompt_ids(tokenizer: Any, prefix: str, suffix: str) -> tuple[list[int], list[int]]:
-    """(prefix ids + B, B + suffix ids): the fixed parts of a boundary-format infilling canvas (spec §4.4)."""
+    """(prefix ids + B, B + suffix ids): the fixed parts of a boundary-format canvas (spec §4.4)."""
     b = boundary_ids(tokenizer)
     return encode_segments(tokenizer, [prefix]) + b, b + encode_segments(tokenizer, [suffix])
 
@@ -112,7 +112,7 @@ def fim_overhead(tokenizer: Any) -> int:
 
 
 def fim_prompt_ids(tokenizer: Any, prefix: str, suffix: str) -> list[int]:
-    """Baseline prompt ``I <prefix>prefix</prefix><suffix>suffix</suffix>`` as segment-wise ids (spec §6.2)."""
+    """Baseline prompt ``I <prefix>prefix</prefix><suffix>suffix</suffix>``, segment-wise ids (spec §6.2)."""
     return encode_segments(
         tokenizer, [FIM_INSTRUCTION, "<prefix>", prefix, "</prefix>", "<suffix>", suffix, "</suffix>"]
     )
@@ -190,7 +190,8 @@ def _layout(x1: Tensor, consts: Sequence[Sequence[int]], pieces: list, flags, pa
     need = int(lens_t.sum(dim=1).max()) if B else 0
     if need > width:
         raise ValueError(
-            f"infill layout: a sample needs {need} slots (x1 + boundary / FIM tokens) but the canvas is {width}; "
+            f"infill layout: a sample needs {need} slots (x1 + boundary / FIM tokens) but the canvas is "
+            f"{width}; "
             "use canvas_width = max_length + 2k (infill_canvas_width) or max_length + fim_overhead"
         )
     return _assemble(ext, starts_t, lens_t, flags, pad_id, width)

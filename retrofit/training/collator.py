@@ -23,7 +23,9 @@ worker would hold its own copy of the counter), or set ``collator.calls`` from t
 before each call. With time mode "banded" the micro-step is ``calls % grad_accum`` and the
 optimizer step ``calls // grad_accum``, so the collator must be called exactly once per
 micro-batch, in order, on every rank (use ``dataloader_drop_last`` so all micro-batches have B
-rows). `state_dict` / `load_state_dict` carry the counter across a resume.
+rows, and an epoch length divisible by grad_accum so every optimizer step gets all G bands);
+evaluation must use its own copy (`eval_copy`). `state_dict` / `load_state_dict` carry the
+counter across a resume.
 
 Never name the targets ``labels``: transformers 5.x rescales the logged loss by the world size
 when a batch carries ``labels``.
@@ -33,7 +35,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -157,7 +159,7 @@ class _CollatorBase:
             self.pad_id = getattr(self.tokenizer, "pad_token_id", None)
         if self.mask_id is None or self.pad_id is None or self.mask_id == self.pad_id:
             raise ValueError(
-                f"collator: need mask_id and pad_id (pad from the tokenizer if omitted) and mask_id != pad_id; "
+                "collator: need mask_id and pad_id (pad from the tokenizer if omitted) and mask_id != pad_id; "
                 f"got mask_id={self.mask_id}, pad_id={self.pad_id}"
             )
         if self.canvas_width < 1:
@@ -173,6 +175,14 @@ class _CollatorBase:
     def load_state_dict(self, state: dict[str, int]) -> None:
         """Restore the call counter saved by `state_dict`."""
         self.calls = int(state["calls"])
+
+    def eval_copy(self) -> _CollatorBase:
+        """A copy with its own call counter, starting at 0, for evaluation batches.
+
+        The HF Trainer calls ``data_collator`` for eval batches too; without a separate copy they
+        would advance the training counter and shift the time bands / noise streams.
+        """
+        return replace(self, calls=0)
 
     def _x1(self, features: list[dict[str, Any]], style: str) -> tuple[Tensor, Tensor, Tensor]:
         """(x1 [B, W], x1_mask [B, W], protected [B, W]) with infilling rows laid out in ``style``."""
