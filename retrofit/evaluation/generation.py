@@ -1,0 +1,378 @@
+"""One text-in / text-out adapter over both samplers, used by every evaluation runner.
+
+`TextGenerator` wraps a FlexMDM (`FlexMDMSampler`, variable length) or a LLaDA baseline
+(`MDMSampler`, fixed canvas) with its tokenizer: text prompts -> `Completion`s, in batches,
+seeded per batch, with stop strings honoured (the decoded text is cut at the first stop string)
+and stop tokens honoured (ids are cut at the first EOS / `<|eot_id|>`). Prompts are tokenized
+with `add_special_tokens=False`, as in training (the chat template writes BOS itself).
+
+Response length (for `retrofit eval length`): the number of generated ids before the first stop
+token. For FlexMDM that is the length the model chose; for LLaDA it is the position of the first
+EOS in its fixed canvas (the whole canvas if it has none).
+
+Example:
+    >>> gen = TextGenerator.from_model_dir("runs/flexmdm-ift", steps=256, batch_size=8)
+    >>> gen.generate([prompt_text], stop=["</answer>"], seed=0)[0].text
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+KINDS = ("flexmdm", "llada")
+
+
+@dataclass(frozen=True)
+class Completion:
+    """One generation.
+
+    Attributes:
+        text: decoded generation (special tokens skipped), cut at the first stop string.
+        token_ids: generated ids, cut at the first stop token (EOS / EoT).
+        num_tokens: len(token_ids): the response (or infilled middle) length in tokens.
+    """
+
+    text: str
+    token_ids: list[int] = field(default_factory=list)
+    num_tokens: int = 0
+
+
+def cut_at_stop(text: str, stop: Sequence[str]) -> str:
+    """`text` up to (not including) the earliest occurrence of any non-empty stop string."""
+    cuts = [i for i in (text.find(s) for s in stop if s) if i >= 0]
+    return text[: min(cuts)] if cuts else text
+
+
+def batch_seed(seed: int, batch_index: int) -> int:
+    """Seed of one batch's torch.Generator: a 63-bit hash of (seed, batch_index)."""
+    digest = hashlib.blake2b(f"{seed}/{batch_index}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & ((1 << 63) - 1)
+
+
+def _chunks(n: int, size: int) -> list[range]:
+    return [range(i, min(i + size, n)) for i in range(0, n, size)]
+
+
+@dataclass
+class TextGenerator:
+    """Text prompts -> completions with a FlexMDM or a LLaDA model.
+
+    Args:
+        sampler: a `FlexMDMSampler` or an `MDMSampler` (holding the model).
+        tokenizer: the model's tokenizer.
+        kind: "flexmdm" or "llada".
+        batch_size: rows (prompt x sample) per sampler call.
+        forward_passes: running count of model forward passes (reported in results.json).
+    """
+
+    sampler: Any
+    tokenizer: Any
+    kind: str
+    batch_size: int = 8
+    forward_passes: int = 0
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"TextGenerator.kind must be one of {KINDS}, got {self.kind!r}")
+        if self.batch_size < 1:
+            raise ValueError(f"TextGenerator.batch_size must be >= 1, got {self.batch_size}")
+
+    @classmethod
+    def from_model_dir(
+        cls,
+        model_dir: str | Path,
+        *,
+        steps: int | None = None,
+        batch_size: int = 8,
+        device: str | None = None,
+        dtype: str | None = None,
+        gen_length: int | None = None,
+        block_length: int | None = None,
+        **sampler_overrides: Any,
+    ) -> TextGenerator:
+        """Load a FlexMDM or LLaDA folder and build its sampler.
+
+        Args:
+            model_dir: checkpoint folder (config.json model_type "flexmdm" or "llada").
+            steps: sampler steps (FlexMDM: tau-leaping steps; LLaDA: total steps); None = default.
+            batch_size: rows per sampler call.
+            device: "cpu", "cuda", ...; None = cuda when available.
+            dtype: "bf16" / "fp32"; None = bf16 on GPU, fp32 on CPU.
+            gen_length, block_length: LLaDA canvas and block sizes (ignored for FlexMDM).
+            **sampler_overrides: further FlexMDMSamplerConfig / MDMSamplerConfig fields.
+
+        Raises:
+            FileNotFoundError / ValueError: from the loader (names the folder and the problem).
+        """
+        model, tokenizer, kind = load_model_dir(model_dir, device=device, dtype=dtype)
+        sampler = build_sampler(model, tokenizer, kind, steps=steps, gen_length=gen_length,
+                                block_length=block_length, **sampler_overrides)  # fmt: skip
+        return cls(sampler=sampler, tokenizer=tokenizer, kind=kind, batch_size=batch_size)
+
+    @property
+    def model(self) -> Any:
+        return self.sampler.model
+
+    def settings(self) -> dict[str, Any]:
+        """Sampler settings for results.json: kind, config fields and the schedules in use."""
+        out: dict[str, Any] = {"kind": self.kind, "batch_size": self.batch_size}
+        out.update(dataclasses.asdict(self.sampler.config))
+        if self.kind == "flexmdm":
+            mc = self.model.config
+            out["model_insertion_schedule"] = getattr(mc, "insertion_schedule", None)
+            out["model_unmasking_schedule"] = getattr(mc, "unmasking_schedule", None)
+        return out
+
+    def steps(self) -> int:
+        """Sampler steps per generation (the forward passes of one row, fill passes excluded)."""
+        return int(self.sampler.config.steps)
+
+    def prompt_budget(self, max_new_tokens: int | None = None) -> int:
+        """Longest prompt (tokens) that leaves room for `max_new_tokens`: FlexMDM max_length minus
+        it; LLaDA max_sequence_length minus gen_length. At least 1."""
+        if self.kind == "flexmdm":
+            return max(1, self.sampler.config.max_length - (max_new_tokens or 0))
+        return max(1, int(self.model.config.max_sequence_length) - self.sampler.config.gen_length)
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of `text` without added special tokens (the chat template holds BOS)."""
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def generate(
+        self,
+        prompts: Sequence[str],
+        *,
+        stop: Sequence[str] = (),
+        num_samples: int = 1,
+        seed: int = 0,
+        max_new_tokens: int | None = None,
+        truncate_left: bool = False,
+    ) -> list[Completion]:
+        """Continue each prompt `num_samples` times (rows prompt-major).
+
+        Args:
+            prompts: prompt texts (already in the model's format, e.g. gsm8k_format.build_prompt).
+            stop: stop strings; each completion's text is cut at the earliest one.
+            num_samples: completions per prompt.
+            seed: base seed; batch i uses torch.Generator().manual_seed(batch_seed(seed, i)).
+            max_new_tokens: keep at most this many generated ids (None = all). The samplers'
+                own caps are FlexMDMSamplerConfig.max_length and MDMSamplerConfig.gen_length.
+            truncate_left: drop the oldest prompt tokens beyond `prompt_budget(max_new_tokens)`
+                (as lm-eval's HF model does) instead of letting the sampler reject the prompt.
+
+        Returns:
+            len(prompts) * num_samples completions.
+        """
+        budget = self.prompt_budget(max_new_tokens) if truncate_left else None
+        rows = [
+            self.encode(p)[-budget:] if budget else self.encode(p)
+            for p in prompts
+            for _ in range(num_samples)
+        ]
+
+        def run(idx: range, gen: torch.Generator):
+            return self.sampler.sample([rows[i] for i in idx], generator=gen)
+
+        return self._batched(len(rows), run, stop, seed, max_new_tokens)
+
+    def infill(
+        self, prefixes: Sequence[str], suffixes: Sequence[str], *, num_samples: int = 1, seed: int = 0
+    ) -> list[Completion]:
+        """Fill the middle between each prefix and suffix (`num_samples` per pair, prompt-major).
+
+        FlexMDM: boundary format, prefix + B and B + suffix, variable-length middle (spec §4.4,
+        §6.2). LLaDA: its FIM format with a fixed budget of `gen_length` tokens, cut at EOS.
+
+        Raises:
+            ValueError: the two lists differ in length.
+        """
+        from retrofit.data.infill_format import encode_segments, infill_prompt_ids
+
+        if len(prefixes) != len(suffixes):
+            raise ValueError(f"infill: {len(prefixes)} prefixes but {len(suffixes)} suffixes")
+        if self.kind == "flexmdm":
+            pairs = [infill_prompt_ids(self.tokenizer, p, s) for p, s in zip(prefixes, suffixes)]
+        else:
+            pairs = [(encode_segments(self.tokenizer, [p]), encode_segments(self.tokenizer, [s]))
+                     for p, s in zip(prefixes, suffixes)]  # fmt: skip
+        rows = [pair for pair in pairs for _ in range(num_samples)]
+
+        def run(idx: range, gen: torch.Generator):
+            return self.sampler.infill([rows[i][0] for i in idx], [rows[i][1] for i in idx], generator=gen)
+
+        return self._batched(len(rows), run, (), seed)
+
+    def _batched(
+        self, n: int, run: Callable, stop: Sequence[str], seed: int, max_new_tokens: int | None = None
+    ) -> list[Completion]:
+        out: list[Completion] = []
+        for b, idx in enumerate(_chunks(n, self.batch_size)):
+            gen = torch.Generator().manual_seed(batch_seed(seed, b))
+            result = run(idx, gen)
+            self.forward_passes += int(result.num_forward_passes)
+            out.extend(self._completion(ids[:max_new_tokens], stop) for ids in result.generated)
+        return out
+
+    def _completion(self, ids: list[int], stop: Sequence[str]) -> Completion:
+        ids = cut_at_stop_ids(ids, self.stop_token_ids())
+        text = self.tokenizer.decode(ids, skip_special_tokens=True)
+        return Completion(text=cut_at_stop(text, stop), token_ids=ids, num_tokens=len(ids))
+
+    def stop_token_ids(self) -> set[int]:
+        """EOS and `<|eot_id|>` ids of the tokenizer (those that exist)."""
+        ids = {self.tokenizer.eos_token_id, self.tokenizer.get_vocab().get("<|eot_id|>")}
+        return {int(i) for i in ids if i is not None}
+
+
+DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp32": torch.float32, "float32": torch.float32}
+
+
+def load_model_dir(
+    model_dir: str | Path, *, device: str | None = None, dtype: str | None = None
+) -> tuple[Any, Any, str]:
+    """Load a checkpoint folder for evaluation -> (model in eval mode, tokenizer, kind).
+
+    Args:
+        model_dir: folder with config.json (model_type "flexmdm" or "llada"), weights, tokenizer.
+        device: target device; None = "cuda" when available, else "cpu".
+        dtype: "bf16" or "fp32"; None = bf16 on GPU, fp32 on CPU.
+
+    Raises:
+        FileNotFoundError: no config.json in the folder.
+        ValueError: an unknown model_type or dtype.
+    """
+    import json
+
+    from transformers import AutoTokenizer
+
+    folder = Path(model_dir).expanduser()
+    config_path = folder / "config.json"
+    if not config_path.is_file():
+        raise FileNotFoundError(
+            f"{config_path} not found: MODEL_DIR must be a FlexMDM or LLaDA checkpoint folder"
+        )
+    kind = json.loads(config_path.read_text()).get("model_type")
+    if kind not in KINDS:
+        raise ValueError(f"{config_path}: model_type {kind!r} is not one of {KINDS}")
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if dtype is not None and dtype not in DTYPES:
+        raise ValueError(f"dtype {dtype!r} is not one of {sorted(DTYPES)}")
+    torch_dtype = DTYPES[dtype] if dtype else (torch.bfloat16 if device.startswith("cuda") else torch.float32)
+    if kind == "llada":
+        from retrofit.models.loading import load_llada
+
+        model = load_llada(folder, dtype=torch_dtype, device=device)
+    else:
+        from retrofit.models import FlexMDMModel
+
+        model = FlexMDMModel.from_pretrained(str(folder), dtype=torch_dtype).to(device)
+    return model.eval(), AutoTokenizer.from_pretrained(str(folder)), kind
+
+
+def cut_at_stop_ids(ids: Sequence[int], stop_ids: set[int]) -> list[int]:
+    """`ids` up to (not including) the first id in `stop_ids`."""
+    for i, token in enumerate(ids):
+        if token in stop_ids:
+            return list(ids[:i])
+    return list(ids)
+
+
+def build_sampler(
+    model: Any,
+    tokenizer: Any,
+    kind: str,
+    *,
+    steps: int | None = None,
+    gen_length: int | None = None,
+    block_length: int | None = None,
+    **overrides: Any,
+) -> Any:
+    """The sampler of a model kind with the given overrides (None values keep the defaults).
+
+    FlexMDM: `FlexMDMSamplerConfig.from_model` (model.config.sampler_defaults < overrides).
+    LLaDA: `MDMSamplerConfig`; block_length defaults to gen_length (one block) when only
+    gen_length is given.
+
+    Raises:
+        ValueError: unknown kind or an invalid sampler setting.
+    """
+    from retrofit.sampling import FlexMDMSampler, FlexMDMSamplerConfig, MDMSampler, MDMSamplerConfig
+
+    overrides = {k: v for k, v in {"steps": steps, **overrides}.items() if v is not None}
+    if kind == "flexmdm":
+        return FlexMDMSampler(model, FlexMDMSamplerConfig.from_model(model, **overrides), tokenizer)
+    if kind != "llada":
+        raise ValueError(f"unknown model kind {kind!r}; expected one of {KINDS}")
+    if gen_length is not None:
+        overrides["gen_length"] = gen_length
+        overrides["block_length"] = block_length or gen_length
+    elif block_length is not None:
+        overrides["block_length"] = block_length
+    return MDMSampler(model, MDMSamplerConfig(**overrides), tokenizer)
+
+
+# ------------------------------------------------------------------------- data parallel
+def rank_and_world() -> tuple[int, int]:
+    """(rank, world size) of this process: accelerate's PartialState under a multi-process
+    launch (`accelerate launch`, `torchrun`; WORLD_SIZE > 1), else (0, 1)."""
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return 0, 1
+    from accelerate import PartialState
+
+    state = PartialState()
+    return state.process_index, state.num_processes
+
+
+def process_device() -> str | None:
+    """This process's accelerate device under a multi-process launch (e.g. "cuda:1"), else None."""
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    from accelerate import PartialState
+
+    return str(PartialState().device)
+
+
+def gather_to_main(items: list[Any], world: int) -> list[Any] | None:
+    """Concatenate every rank's `items` on rank 0 (rank order); None on the other ranks."""
+    if world <= 1:
+        return list(items)
+    import torch.distributed as dist
+
+    rank = dist.get_rank()
+    parts = [None] * world if rank == 0 else None
+    dist.gather_object(items, parts, dst=0)
+    return [x for part in parts for x in part] if rank == 0 else None
+
+
+@torch.no_grad()
+def time_forward_pass(generator: TextGenerator, width: int = 512, rows: int = 1) -> float:
+    """Seconds of one model forward pass on a [rows, width] canvas (after one warm-up pass).
+
+    Used to print a time estimate before long runs; the canvas holds token id 0 everywhere.
+    """
+    import time
+
+    model = generator.model
+    device = next(model.parameters()).device
+    x = torch.zeros(rows, width, dtype=torch.long, device=device)
+
+    def once() -> None:
+        model(x, torch.full((rows,), 0.5, device=device)) if generator.kind == "flexmdm" else model(x)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    once()
+    start = time.perf_counter()
+    once()
+    return time.perf_counter() - start
