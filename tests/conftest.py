@@ -84,3 +84,17 @@ def trained_checkpoint(tiny_llada_dir, tmp_path_factory):
         backbone_logits = inner.backbone(ids).logits
     return SimpleNamespace(ckpt=ckpt, base=tiny_llada_dir, batch=batch, logits=out.logits,
                            gaps=out.expected_gaps, backbone_logits=backbone_logits)  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def tiny_flexmdm_dir(tiny_llada_dir, tmp_path_factory) -> Path:
+    """`tiny_llada_dir` grafted into a FlexMDM folder (fp32, canvas_width 64, seed 0).
+
+    Session-scoped and shared: copy it before modifying it.
+    """
+    import torch
+
+    from retrofit.graft import graft_checkpoint
+
+    out = tmp_path_factory.mktemp("tiny-flexmdm") / "flexmdm"
+    return graft_checkpoint(tiny_llada_dir, out, dtype=torch.float32, seed=0, canvas_width=64)
