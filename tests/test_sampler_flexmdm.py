@@ -115,12 +115,25 @@ def test_infill_prefix_and_suffix_are_bit_identical(method):
         assert MASK not in out.generated[b]
 
 
-def test_trimmed_run_equals_full_width_run():
+def _real_flexmdm():
+    """A grafted FlexMDMModel on a tiny random LLaDA trunk (2 layers, d 64), "slots" attention."""
+    from retrofit.models import FlexMDMModel, LLaDAConfig, LLaDAModelLM
+
+    torch.manual_seed(0)
+    trunk = LLaDAConfig(d_model=64, n_heads=4, n_layers=2, mlp_hidden_size=128, vocab_size=VOCAB,
+                        embedding_size=VOCAB, mask_token_id=MASK, eos_token_id=PAD, pad_token_id=PAD)  # fmt: skip
+    return FlexMDMModel.from_llada(LLaDAModelLM(trunk), seed=0, canvas_width=40, length_scale=1.0).eval()
+
+
+@pytest.mark.parametrize(
+    "make_model", [lambda: TinyFlexMDM(seed=3, gap_scale=1.0), _real_flexmdm], ids=["tiny", "graft"]
+)
+def test_trimmed_run_equals_full_width_run(make_model):
     """Same seed, draw_at_full_width: per-step logits (j < n) and ĝ (j <= n) agree within 1e-5 and the
     samples are identical; the trimmed run calls the model on fewer columns."""
     runs = {}
     for trim in (True, False):
-        rec = Recorder(TinyFlexMDM(seed=3, gap_scale=1.0))
+        rec = Recorder(make_model())
         config = FlexMDMSamplerConfig(steps=16, max_length=40, trim=trim, draw_at_full_width=True)
         out = FlexMDMSampler(rec, config).sample(PROMPTS, 2, torch.Generator().manual_seed(4))
         runs[trim] = (out, rec.calls)
