@@ -31,7 +31,7 @@ demo: $(STAMP)
 	$(BIN)/retrofit demo $(if $(DEMO_SMOKE),--smoke,)
 
 bench: $(STAMP)
-	$(BIN)/python -m eval.bench all
+	$(BIN)/retrofit bench all
 
 clean:
 	rm -rf $(VENV) demo-out .pytest_cache

@@ -1,0 +1,6 @@
+"""Benchmarks: training-step, sampler and collator throughput and memory (issue #9).
+
+Run `retrofit bench all` (what `make bench` does) or one of `train-step`, `sample`,
+`interpolant`; every benchmark prints a table and writes JSON (default `bench-out/`).
+`eval/bench/gpu.sh` runs the 8B-shaped variants on one CUDA GPU.
+"""

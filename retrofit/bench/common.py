@@ -1,0 +1,174 @@
+"""Timing, memory and machine-report helpers shared by the benchmarks."""
+
+from __future__ import annotations
+
+import ctypes
+import gc
+import json
+import os
+import platform
+import statistics
+import threading
+import time
+from collections.abc import Callable
+from contextlib import contextmanager, suppress
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+def machine_info(device: torch.device | str = "cpu") -> dict[str, Any]:
+    """Where a number was measured: host, CPU count, load average, torch version / threads, GPU name."""
+    info = {
+        "host": platform.node(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "device": str(device),
+        # other processes competing for the CPUs make every CPU number noisier
+        "loadavg": [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None,
+    }
+    if torch.device(device).type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def summarize(samples_s: list[float]) -> dict[str, float]:
+    """Median and spread of repeated timings (seconds)."""
+    ordered = sorted(samples_s)
+    return {
+        "median_s": statistics.median(ordered),
+        "min_s": ordered[0],
+        "max_s": ordered[-1],
+        "spread_pct": 100.0 * (ordered[-1] - ordered[0]) / max(statistics.median(ordered), 1e-12),
+        "repeats": len(ordered),
+    }
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_calls(fn: Callable[[int], Any], *, warmup: int, repeats: int, device: torch.device) -> list[float]:
+    """Run `fn(i)` warmup + repeats times; return the wall times (s) of the timed calls."""
+    for i in range(warmup):
+        fn(i)
+    _sync(device)
+    times = []
+    for i in range(repeats):
+        start = time.perf_counter()
+        fn(warmup + i)
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+@contextmanager
+def peak_memory(device: torch.device):
+    """Yield a dict that holds `peak_mib` after the block: CUDA max allocated, or CPU peak RSS
+    above the RSS at entry (sampled every 5 ms; approximate on CPU)."""
+    result: dict[str, float] = {}
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        yield result
+        result["peak_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
+        result["kind"] = "cuda max_memory_allocated"
+        return
+    base, peak, stop = _rss_bytes(), [0], threading.Event()
+
+    def watch() -> None:
+        while not stop.is_set():
+            peak[0] = max(peak[0], _rss_bytes())
+            time.sleep(0.005)
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    try:
+        yield result
+    finally:
+        stop.set()
+        thread.join()
+        result["peak_mib"] = max(peak[0] - base, 0) / 2**20
+        result["kind"] = "cpu rss above start (sampled)"
+
+
+def release_memory(device: torch.device | str = "cpu") -> None:
+    """Free cached memory between benchmark variants so each one's peak starts from a clean state.
+
+    Runs the garbage collector, then empties the CUDA cache (CUDA) or asks glibc to return freed
+    heap pages to the OS (CPU; `malloc_trim`, skipped where libc lacks it).
+    """
+    gc.collect()
+    if torch.device(device).type == "cuda":
+        torch.cuda.empty_cache()
+        return
+    with suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+@contextmanager
+def torch_threads(threads: int | None):
+    """Run the block with ``threads`` torch CPU threads (None = unchanged), restoring them after.
+
+    On a shared 2-core machine 1 thread can beat 2: OpenMP workers spin while other processes
+    hold the cores.
+    """
+    previous = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+def resolve_dtype(name: str) -> torch.dtype:
+    """torch dtype of a --dtype value ("fp32" | "bf16").
+
+    Raises:
+        ValueError: any other name.
+    """
+    if name not in DTYPES:
+        raise ValueError(f"--dtype must be one of {sorted(DTYPES)}, got {name!r}")
+    return DTYPES[name]
+
+
+def autocast(device: torch.device, dtype: torch.dtype):
+    """bf16 autocast context on ``device`` when dtype is bf16, else a no-op context."""
+    return torch.autocast(device_type=device.type, dtype=dtype, enabled=dtype != torch.float32)
+
+
+def write_json(path: str | os.PathLike, payload: dict[str, Any]) -> Path:
+    """Write JSON atomically (temp file + rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=2, default=str))
+    os.replace(tmp, path)
+    return path
+
+
+def format_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
+    """Plain-text table of `rows` restricted to `columns` (floats with 3 significant digits)."""
+
+    def cell(v: Any) -> str:
+        return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+    body = [[cell(r.get(c, "")) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(b[i]) for b in body)) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths))]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(b[i].ljust(w) for i, w in enumerate(widths)) for b in body]
+    return "\n".join(lines)

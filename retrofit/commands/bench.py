@@ -1,0 +1,133 @@
+"""`retrofit bench all|train-step|sample|interpolant [options] [--out bench-out]` (issue #9).
+
+Every benchmark prints a table and writes ``<out>/<name>.json`` (machine, options, timings:
+median and spread over the repeats, throughput, peak memory). ``all`` is what `make bench` runs:
+the CPU suite (collator, tiny sampler, ~100M-parameter training step in two length regimes).
+`eval/bench/gpu.sh` runs the 8B-shaped variants on one CUDA GPU.
+
+    retrofit bench train-step --size 100m --canvas 512 --lengths full --batch 4 --accum 8
+    retrofit bench sample --size tiny --steps 64
+    retrofit bench interpolant --batch 64 --canvas 1024
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from typing import Any
+
+from retrofit.bench.all_suite import run_all
+from retrofit.bench.report import print_payload
+
+
+def _common(p: argparse.ArgumentParser, name: str) -> None:
+    p.add_argument("--out", default="bench-out", help="folder of the JSON results (default bench-out)")
+    p.add_argument("--name", default=name, help=f"JSON file name without .json (default {name})")
+    p.add_argument("--seed", type=int, default=0, help="seed of data, times, weights and sampling")
+
+
+def _model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--size", choices=["tiny", "100m", "8b"], default="tiny", help="model shape (8b: use --layers)"
+    )
+    p.add_argument("--layers", type=int, default=None, help="number of blocks (default: the size's own)")
+    p.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1 ...")
+    p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="base weight dtype / autocast")
+    p.add_argument("--warmup", type=int, default=1, help="untimed runs before timing")
+    p.add_argument("--repeats", type=int, default=3, help="timed runs (median and spread reported)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: unchanged)")
+
+
+def _train_step_args(p: argparse.ArgumentParser) -> None:
+    from retrofit.bench.train_step import VARIANTS
+
+    _model_args(p)
+    p.add_argument("--grad-ckpt", choices=["on", "off"], default="off", help="gradient checkpointing")
+    p.add_argument("--batch", type=int, default=4, help="B: sequences per micro-batch")
+    p.add_argument("--accum", type=int, default=8, help="G: micro-steps per optimizer step (= bands)")
+    p.add_argument("--canvas", type=int, default=512, help="L: canvas width")
+    p.add_argument(
+        "--lengths", choices=["full", "gsm8k"], default="full", help="x1 lengths (see retrofit.bench.lengths)"
+    )
+    p.add_argument("--lora-r", type=int, default=None, help="LoRA rank, alpha = r (default: per size)")
+    p.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS), help="variants to run")
+    p.add_argument(
+        "--data-dir", default=None, help="GSM8K folder for --lengths gsm8k (default $RETROFIT_DATA_DIR)"
+    )
+    _common(p, "train-step")
+
+
+def _sample_args(p: argparse.ArgumentParser) -> None:
+    _model_args(p)
+    p.add_argument("--prompts", type=int, default=8, help="rows sampled together")
+    p.add_argument("--prompt-length", type=int, default=32, help="P: prompt tokens")
+    p.add_argument("--max-length", type=int, default=256, help="prompt + generation cap (LLaDA: its canvas)")
+    p.add_argument("--steps", type=int, default=64, help="S: sampling steps of every sampler")
+    p.add_argument("--length-scale", type=float, default=None, help="length-head scale (default max-length)")
+    _common(p, "sample")
+
+
+def _interpolant_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--batch", type=int, default=64, help="B: rows per collator call")
+    p.add_argument("--canvas", type=int, default=1024, help="L: canvas width")
+    p.add_argument("--lengths", choices=["full", "gsm8k"], default="full", help="x1 lengths")
+    p.add_argument("--time-mode", choices=["stratified", "banded", "uniform"], default="stratified")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: unchanged)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed calls")
+    p.add_argument("--repeats", type=int, default=10, help="timed calls")
+    p.add_argument("--data-dir", default=None, help="GSM8K folder for --lengths gsm8k")
+    _common(p, "interpolant")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Sub-commands all / train-step / sample / interpolant with their options."""
+    sub = parser.add_subparsers(dest="benchmark", required=True, metavar="BENCHMARK")
+    p_all = sub.add_parser("all", help="the CPU suite of `make bench` (< 10 min on 2 cores)")
+    p_all.add_argument("--out", default="bench-out", help="folder of the JSON results")
+    p_all.add_argument("--quick", action="store_true", help="tiny sizes only (a smoke run, ~1 min)")
+    _train_step_args(sub.add_parser("train-step", help="training step: x1 tokens/s, peak memory, ratios"))
+    _sample_args(sub.add_parser("sample", help="sampler: samples/s, forward passes, FlexMDM vs LLaDA"))
+    _interpolant_args(sub.add_parser("interpolant", help="collator throughput vs a GPU step's need"))
+
+
+def _options(cls: type, args: argparse.Namespace, **renamed: Any) -> Any:
+    """Dataclass ``cls`` from the parsed arguments whose names match its fields."""
+    from dataclasses import fields
+
+    values = {f.name: getattr(args, f.name) for f in fields(cls) if hasattr(args, f.name)}
+    return cls(**{**values, **renamed})
+
+
+def run_one(args: argparse.Namespace) -> dict[str, Any]:
+    """Run the benchmark named by ``args.benchmark`` (not "all"); returns its payload."""
+    if args.benchmark == "train-step":
+        from retrofit.bench.train_step import TrainStepOptions, run_train_step
+
+        opts = _options(
+            TrainStepOptions, args, grad_ckpt=args.grad_ckpt == "on", variants=tuple(args.variants)
+        )
+        return run_train_step(opts)
+    if args.benchmark == "sample":
+        from retrofit.bench.sample_bench import SampleOptions, run_sample
+
+        return run_sample(_options(SampleOptions, args))
+    from retrofit.bench.interpolant_bench import InterpolantOptions, run_interpolant
+
+    return run_interpolant(_options(InterpolantOptions, args))
+
+
+def run(args: argparse.Namespace) -> int:
+    """Entry point of `retrofit bench`; returns 0 (errors raise with a message naming the option)."""
+    from retrofit.bench.common import write_json
+
+    start = time.perf_counter()
+    if args.benchmark == "all":
+        run_all(Path(args.out), quick=args.quick)
+    else:
+        payload = run_one(args)
+        print_payload(payload)
+        path = write_json(Path(args.out) / f"{args.name}.json", payload)
+        print(f"wrote {path}")
+    print(f"bench {args.benchmark}: {time.perf_counter() - start:.0f} s")
+    return 0
