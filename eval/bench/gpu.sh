@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# retrofit benchmarks on ONE CUDA GPU (H100/H200 class), < 8 min, no network, nothing installed.
+#
+#   bash eval/bench/gpu.sh [OUT_DIR]          # default OUT_DIR = bench-out/gpu
+#
+# Runs, printing timings as it goes:
+#   1. train-step on the LLaDA-8B shape cut to $LAYERS blocks (bf16 weights, fp32 LoRA / graft
+#      modules, bf16 autocast, SDPA attention), canvas 1024, B=4 x G=4 micro-steps, variants
+#      full-width / trimmed / banded / mdm, gradient checkpointing on, then off;
+#   2. the same with GSM8K-length x1 if $RETROFIT_DATA_DIR holds gsm8k/train.jsonl;
+#   3. the sampler benchmark (FlexMDM trimmed / full-length vs the LLaDA sampler, equal steps).
+# Reports x1 tokens/s/GPU, peak memory (torch.cuda.max_memory_allocated) and
+#   MFU = 4 * (N_trunk * positions + N_head * logit_rows) / (step time * 989e12)
+# i.e. model FLOPs 2N (forward) + 2N (activation backward; the frozen base gets no weight
+# gradients under LoRA, so 4N instead of full fine-tuning's 6N) per position, N_trunk = block
+# parameters, LM head only at the masked slots; 989 TFLOP/s = H100/H200 bf16 dense peak;
+# attention-score FLOPs are not counted. JSON per run in OUT_DIR.
+#
+# Knobs (env): LAYERS=8 CANVAS=1024 BATCH=4 ACCUM=4 REPEATS=5 STEPS=128 PYTHON=python.
+# Dry run without a GPU: DEVICE=cpu SIZE=tiny DTYPE=fp32 CANVAS=64 STEPS=8 bash eval/bench/gpu.sh
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/../.."
+OUT=${1:-bench-out/gpu}
+PY=${PYTHON:-python}
+DEVICE=${DEVICE:-cuda}
+SIZE=${SIZE:-8b}
+DTYPE=${DTYPE:-bf16}
+LAYERS=${LAYERS:-8}
+CANVAS=${CANVAS:-1024}
+BATCH=${BATCH:-4}
+ACCUM=${ACCUM:-4}
+REPEATS=${REPEATS:-5}
+STEPS=${STEPS:-128}
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"   # run from the checkout; never pip install
+export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
+
+START=$SECONDS
+say() { echo "[gpu.sh +$((SECONDS - START)) s] $*"; }
+
+say "checking torch / CUDA / imports"
+"$PY" - "$DEVICE" <<'PY'
+import sys
+
+import torch
+
+device = sys.argv[1]
+if device != "cpu" and not torch.cuda.is_available():
+    sys.exit("gpu.sh: torch sees no CUDA GPU (torch %s); for a dry run set DEVICE=cpu SIZE=tiny" % torch.__version__)
+import peft, transformers  # noqa: E401,F401  (fail here, not mid-benchmark)
+import retrofit.bench.train_step  # noqa: F401
+
+gpu = torch.cuda.get_device_name(0) if device != "cpu" else "cpu"
+print(f"torch {torch.__version__}, transformers {transformers.__version__}, peft {peft.__version__}, {gpu}")
+PY
+
+MODEL=(--size "$SIZE" --device "$DEVICE" --dtype "$DTYPE")
+[ "$SIZE" = 8b ] && MODEL+=(--layers "$LAYERS")
+TRAIN=(train-step "${MODEL[@]}" --canvas "$CANVAS" --batch "$BATCH" --accum "$ACCUM" --warmup 1 --repeats "$REPEATS" --out "$OUT")
+
+for CKPT in on off; do
+  say "train-step, full-length x1, gradient checkpointing $CKPT"
+  "$PY" -m retrofit.bench "${TRAIN[@]}" --lengths full --grad-ckpt "$CKPT" --name "train-step-$SIZE-full-ckpt-$CKPT"
+done
+
+if [ -f "${RETROFIT_DATA_DIR:-/nonexistent}/gsm8k/train.jsonl" ]; then
+  say "train-step, GSM8K-length x1, gradient checkpointing on"
+  "$PY" -m retrofit.bench "${TRAIN[@]}" --lengths gsm8k --grad-ckpt on --name "train-step-$SIZE-gsm8k-ckpt-on"
+else
+  say "skipping the GSM8K-length run: RETROFIT_DATA_DIR has no gsm8k/train.jsonl"
+fi
+
+say "sampler: FlexMDM trimmed / full-length vs LLaDA, $STEPS steps"
+"$PY" -m retrofit.bench sample "${MODEL[@]}" --prompts 8 --prompt-length $((CANVAS / 8)) --max-length "$CANVAS" \
+  --steps "$STEPS" --warmup 1 --repeats 2 --out "$OUT" --name "sample-$SIZE"
+
+say "summary (x1 tokens/s/GPU, MFU, peak memory)"
+"$PY" - "$OUT" <<'PY'
+import json
+import sys
+from pathlib import Path
+
+for path in sorted(Path(sys.argv[1]).glob("train-step-*.json")):
+    payload = json.loads(path.read_text())
+    for r in payload["variants"]:
+        mfu = "-" if r["mfu"] is None else f"{100 * r['mfu']:.1f}%"
+        print(f"{path.stem:34s} {r['variant']:10s} {r['x1_tokens_per_s']:10.0f} x1 tok/s/GPU  "
+              f"MFU {mfu:>6s}  peak {r['peak_mib'] / 1024:6.1f} GiB  x{r['ratio_vs_full_width']:.2f} vs full-width")
+for path in sorted(Path(sys.argv[1]).glob("sample-*.json")):
+    ratios = json.loads(path.read_text())["ratios"]
+    print(path.stem, ", ".join(f"{k} {v:.2f}" for k, v in ratios.items()))
+PY
+say "done in $((SECONDS - START)) s; JSON in $OUT"
