@@ -10,10 +10,11 @@ import pytest
 
 from retrofit.cli import main as cli_main
 from retrofit.data.gsm8k_format import REASONING_OPEN, build_prompt, build_target, load_gsm8k, user_turn
-from retrofit.evaluation.generation import TextGenerator, build_sampler, load_model_dir
+from retrofit.evaluation.generation import TextGenerator, load_model_dir
 from retrofit.evaluation.gsm8k import fewshot_prompt, run_gsm8k, run_gsm8k_lm_eval, score, summarize
 from retrofit.evaluation.passk import mean_and_stderr
 from retrofit.models.tokenizer import build_tokenizer
+from retrofit.sampling.load import make_sampler
 
 SAMPLE_FIELDS = {"index", "question", "prompt", "generation", "extracted", "gold", "correct", "num_tokens"}
 
@@ -21,7 +22,7 @@ SAMPLE_FIELDS = {"index", "question", "prompt", "generation", "extracted", "gold
 @pytest.fixture(scope="module")
 def flex_generator(tiny_flexmdm_dir) -> TextGenerator:
     model, tokenizer, kind = load_model_dir(tiny_flexmdm_dir, device="cpu")
-    sampler = build_sampler(model, tokenizer, kind, steps=2, temperature=1.0)  # sampled: seeds matter
+    sampler = make_sampler(model, tokenizer, kind, steps=2, temperature=1.0)  # sampled: seeds matter
     return TextGenerator(sampler, tokenizer, kind, batch_size=3)
 
 

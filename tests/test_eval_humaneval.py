@@ -153,3 +153,26 @@ def test_data_parallel_two_processes_gather_on_rank0(data_dir, tmp_path) -> None
     results, samples = read_run(tmp_path / "out")
     assert results["config"]["world_size"] == 2 and results["metrics"]["pass@1"] == 1.0
     assert [s["task_id"] for s in samples] == [f"SingleLineInfilling/HumanEval/0/L{i}" for i in range(5)]
+
+
+def test_sampler_overrides_defaults_flags_and_validation() -> None:
+    import argparse
+
+    from retrofit.commands import eval as eval_cmd
+
+    parser = argparse.ArgumentParser()
+    eval_cmd.add_arguments(parser)
+    args = parser.parse_args(["humaneval-infill", "m", "--max-middle", "64", "--sampler-arg", "alpha-win=5"])
+    flex = eval_cmd.sampler_overrides(args, "humaneval-infill", "flexmdm")
+    assert flex == {"steps": 4096, "temperature": 0.0, "confidence": "top_prob", "sliding_window": True,
+                    "alpha_win": 5, "max_window": 32, "max_middle": 64}  # fmt: skip
+    assert eval_cmd.sampler_overrides(args, "humaneval-infill", "llada") == {
+        "steps": 64,
+        "gen_length": 64,
+        "alpha_win": 5,
+    }
+    args = parser.parse_args(["gsm8k", "m", "--gen-length", "32", "--steps", "8"])
+    assert eval_cmd.sampler_overrides(args, "gsm8k", "llada") == {"steps": 8, "gen_length": 32}  # one block
+    args = parser.parse_args(["gsm8k", "m", "--sampler-arg", "stepz=3"])
+    with pytest.raises(ValueError, match="stepz"):
+        eval_cmd.sampler_overrides(args, "gsm8k", "flexmdm")

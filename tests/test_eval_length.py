@@ -12,8 +12,9 @@ from torch import nn
 
 from retrofit.cli import main as cli_main
 from retrofit.data.gsm8k_format import build_prompt, build_target, load_gsm8k
-from retrofit.evaluation.generation import TextGenerator, build_sampler, load_model_dir
+from retrofit.evaluation.generation import TextGenerator, load_model_dir
 from retrofit.evaluation.length import model_lengths, reference_rows, run_length
+from retrofit.sampling.load import make_sampler
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -65,7 +66,7 @@ def llada(tiny_llada_dir):
 @pytest.mark.parametrize("k", [0, 3, 8])
 def test_llada_length_is_first_eos_position(llada, k) -> None:
     model, tok, kind = llada
-    sampler = build_sampler(EosFrom(model, k, tok.eos_token_id), tok, kind, steps=4, gen_length=8)
+    sampler = make_sampler(EosFrom(model, k, tok.eos_token_id), tok, kind, steps=4, gen_length=8)
     gen = TextGenerator(sampler, tok, kind, batch_size=2)
     assert model_lengths(gen, [], "unconditional", 3, seed=0) == [k, k, k]  # 8 = no EOS in the canvas
 
@@ -76,7 +77,7 @@ def test_two_models_one_plot_and_same_seed_same_numbers(
     def load(folder: str) -> TextGenerator:
         model, tok, kind = load_model_dir(folder, device="cpu")
         opts = {"max_length": 24} if kind == "flexmdm" else {"gen_length": 8}
-        return TextGenerator(build_sampler(model, tok, kind, steps=2, **opts), tok, kind, batch_size=4)
+        return TextGenerator(make_sampler(model, tok, kind, steps=2, **opts), tok, kind, batch_size=4)
 
     dirs = [tiny_flexmdm_dir, tiny_llada_dir]
     targets = [build_target(r["answer"]) for r in load_gsm8k("test", data_dir)]

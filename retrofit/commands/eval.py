@@ -120,22 +120,34 @@ def sampler_overrides(args: argparse.Namespace, verb: str, kind: str) -> dict[st
     else:
         flags.update(max_length=args.max_length, max_middle=getattr(args, "max_middle", None))
     out.update({k: v for k, v in flags.items() if v is not None})
+    known = _sampler_fields()
     for item in args.sampler_arg:
         key, sep, value = item.partition("=")
-        if not sep:
-            raise ValueError(f"--sampler-arg {item!r}: expected KEY=VALUE")
-        out[key.strip().replace("-", "_")] = _parse_value(value.strip())
+        key = key.strip().replace("-", "_")
+        if not sep or key not in known:
+            raise ValueError(f"--sampler-arg {item!r}: expected KEY=VALUE with KEY among {sorted(known)}")
+        out[key] = _parse_value(value.strip())
     return out
+
+
+def _sampler_fields() -> set[str]:
+    """Field names of FlexMDMSamplerConfig and MDMSamplerConfig (each sampler ignores the other's)."""
+    from dataclasses import fields
+
+    from retrofit.sampling import FlexMDMSamplerConfig, MDMSamplerConfig
+
+    return {f.name for cls in (FlexMDMSamplerConfig, MDMSamplerConfig) for f in fields(cls)}
 
 
 def load_generator(model_dir: str, args: argparse.Namespace, verb: str):
     """TextGenerator for `model_dir` with this verb's sampler settings."""
-    from retrofit.evaluation.generation import TextGenerator, build_sampler, load_model_dir, process_device
+    from retrofit.evaluation.generation import TextGenerator, load_model_dir, process_device
+    from retrofit.sampling.load import make_sampler
 
     model, tokenizer, kind = load_model_dir(
         model_dir, device=process_device() or args.device, dtype=args.dtype
     )
-    sampler = build_sampler(model, tokenizer, kind, **sampler_overrides(args, verb, kind))
+    sampler = make_sampler(model, tokenizer, kind, **sampler_overrides(args, verb, kind))
     return TextGenerator(sampler, tokenizer, kind, batch_size=args.batch_size)
 
 

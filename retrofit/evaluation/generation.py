@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-KINDS = ("flexmdm", "llada")
+from retrofit.sampling.load import KINDS
 
 
 @dataclass(frozen=True)
@@ -48,6 +48,14 @@ def cut_at_stop(text: str, stop: Sequence[str]) -> str:
     """`text` up to (not including) the earliest occurrence of any non-empty stop string."""
     cuts = [i for i in (text.find(s) for s in stop if s) if i >= 0]
     return text[: min(cuts)] if cuts else text
+
+
+def cut_at_stop_ids(ids: Sequence[int], stop_ids: set[int]) -> list[int]:
+    """`ids` up to (not including) the first id in `stop_ids`."""
+    for i, token in enumerate(ids):
+        if token in stop_ids:
+            return list(ids[:i])
+    return list(ids)
 
 
 def batch_seed(seed: int, batch_index: int) -> int:
@@ -111,9 +119,11 @@ class TextGenerator:
         Raises:
             FileNotFoundError / ValueError: from the loader (names the folder and the problem).
         """
+        from retrofit.sampling.load import make_sampler
+
         model, tokenizer, kind = load_model_dir(model_dir, device=device, dtype=dtype)
-        sampler = build_sampler(model, tokenizer, kind, steps=steps, gen_length=gen_length,
-                                block_length=block_length, **sampler_overrides)  # fmt: skip
+        sampler = make_sampler(model, tokenizer, kind, steps=steps, gen_length=gen_length,
+                               block_length=block_length, **sampler_overrides)  # fmt: skip
         return cls(sampler=sampler, tokenizer=tokenizer, kind=kind, batch_size=batch_size)
 
     @property
@@ -231,91 +241,32 @@ class TextGenerator:
         return {int(i) for i in ids if i is not None}
 
 
-DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp32": torch.float32, "float32": torch.float32}
-
-
 def load_model_dir(
     model_dir: str | Path, *, device: str | None = None, dtype: str | None = None
 ) -> tuple[Any, Any, str]:
-    """Load a checkpoint folder for evaluation -> (model in eval mode, tokenizer, kind).
+    """`retrofit.sampling.load.load_model`, requiring a tokenizer (evaluation works on text).
 
     Args:
         model_dir: folder with config.json (model_type "flexmdm" or "llada"), weights, tokenizer.
         device: target device; None = "cuda" when available, else "cpu".
         dtype: "bf16" or "fp32"; None = bf16 on GPU, fp32 on CPU.
 
+    Returns:
+        (model in eval mode, tokenizer, kind).
+
     Raises:
-        FileNotFoundError: no config.json in the folder.
+        FileNotFoundError: no config.json, or no tokenizer files in the folder.
         ValueError: an unknown model_type or dtype.
     """
-    import json
+    from retrofit.sampling.load import load_model
 
-    from transformers import AutoTokenizer
-
-    folder = Path(model_dir).expanduser()
-    config_path = folder / "config.json"
-    if not config_path.is_file():
+    model, tokenizer, kind = load_model(model_dir, device=device, dtype=dtype)
+    if tokenizer is None:
         raise FileNotFoundError(
-            f"{config_path} not found: MODEL_DIR must be a FlexMDM or LLaDA checkpoint folder"
+            f"{model_dir} has no tokenizer files (tokenizer.json / tokenizer_config.json); evaluation needs "
+            "the model's tokenizer: copy the base model's tokenizer files into the folder"
         )
-    kind = json.loads(config_path.read_text()).get("model_type")
-    if kind not in KINDS:
-        raise ValueError(f"{config_path}: model_type {kind!r} is not one of {KINDS}")
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if dtype is not None and dtype not in DTYPES:
-        raise ValueError(f"dtype {dtype!r} is not one of {sorted(DTYPES)}")
-    torch_dtype = DTYPES[dtype] if dtype else (torch.bfloat16 if device.startswith("cuda") else torch.float32)
-    if kind == "llada":
-        from retrofit.models.loading import load_llada
-
-        model = load_llada(folder, dtype=torch_dtype, device=device)
-    else:
-        from retrofit.models import FlexMDMModel
-
-        model = FlexMDMModel.from_pretrained(str(folder), dtype=torch_dtype).to(device)
-    return model.eval(), AutoTokenizer.from_pretrained(str(folder)), kind
-
-
-def cut_at_stop_ids(ids: Sequence[int], stop_ids: set[int]) -> list[int]:
-    """`ids` up to (not including) the first id in `stop_ids`."""
-    for i, token in enumerate(ids):
-        if token in stop_ids:
-            return list(ids[:i])
-    return list(ids)
-
-
-def build_sampler(
-    model: Any,
-    tokenizer: Any,
-    kind: str,
-    *,
-    steps: int | None = None,
-    gen_length: int | None = None,
-    block_length: int | None = None,
-    **overrides: Any,
-) -> Any:
-    """The sampler of a model kind with the given overrides (None values keep the defaults).
-
-    FlexMDM: `FlexMDMSamplerConfig.from_model` (model.config.sampler_defaults < overrides).
-    LLaDA: `MDMSamplerConfig`; block_length defaults to gen_length (one block) when only
-    gen_length is given.
-
-    Raises:
-        ValueError: unknown kind or an invalid sampler setting.
-    """
-    from retrofit.sampling import FlexMDMSampler, FlexMDMSamplerConfig, MDMSampler, MDMSamplerConfig
-
-    overrides = {k: v for k, v in {"steps": steps, **overrides}.items() if v is not None}
-    if kind == "flexmdm":
-        return FlexMDMSampler(model, FlexMDMSamplerConfig.from_model(model, **overrides), tokenizer)
-    if kind != "llada":
-        raise ValueError(f"unknown model kind {kind!r}; expected one of {KINDS}")
-    if gen_length is not None:
-        overrides["gen_length"] = gen_length
-        overrides["block_length"] = block_length or gen_length
-    elif block_length is not None:
-        overrides["block_length"] = block_length
-    return MDMSampler(model, MDMSamplerConfig(**overrides), tokenizer)
+    return model, tokenizer, kind
 
 
 # ------------------------------------------------------------------------- data parallel

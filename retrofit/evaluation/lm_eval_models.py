@@ -37,12 +37,12 @@ from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 
 from retrofit.evaluation.generation import (
     TextGenerator,
-    build_sampler,
     load_model_dir,
     process_device,
     rank_and_world,
 )
 from retrofit.evaluation.likelihood import flexmdm_nll, greedy_match, llada_nll
+from retrofit.sampling.load import make_sampler
 
 __all__ = ["FlexMDMLM", "LLaDALM", "RetrofitLM"]
 
@@ -107,7 +107,7 @@ class RetrofitLM(LM):
             model, tokenizer, kind = load_model_dir(
                 pretrained, device=process_device() or device, dtype=dtype
             )
-            sampler = build_sampler(model, tokenizer, kind, steps=steps, gen_length=gen_length,
+            sampler = make_sampler(model, tokenizer, kind, steps=steps, gen_length=gen_length,
                                     block_length=block_length, **sampler_kwargs)  # fmt: skip
             generator = TextGenerator(sampler, tokenizer, kind, batch_size=_as_int(batch_size, 8))
         if generator.kind != self.KIND:
