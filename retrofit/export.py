@@ -18,13 +18,21 @@ Pipeline (each step fails with a message naming the file at fault, before anythi
    bf16 3e-2, fp16 1e-2). Then write config.json, generation_config.json, tokenizer files,
    README.md and `retrofit_manifest.json` (sha256 of every file), and rename into place.
 
-Memory (streaming; measured in tests/test_export.py): peak RSS ~ R0 + S + 12 N_max + 4 T, with
-R0 the process baseline (~0.6 GB: torch + transformers), S = --max-shard-size of output buffer,
-N_max the largest LoRA-merged tensor (fp32 copy + fp32 B@A + cast) and T the trained parameter
-count (LoRA + graft modules, held as stored). LLaDA-8B FlexMDM (LM head 126464 x 4096 = 518M,
-T = 403M fp32): 0.6 + 5 + 6.2 + 1.6 ~ 13.4 GB at --max-shard-size 5GB (~10 GB at 2GB) in
-"layers" mode, versus 16 GB for the bf16 model itself; "full" verification additionally needs
-one fp32 copy of the model at a time (~32 GB + activations), hence the automatic fallback.
+Memory (streaming; measured by tests/test_export.py::test_streaming_merge_peak_memory): base
+tensors are memory-mapped and each output tensor is written to its shard as soon as it exists
+(`retrofit.export_shards`), so the anonymous (non-file-backed) peak is one merge:
+    anon peak ~ R0 + 8 N_max (+ 2 N_max for a bf16 base: its fp32 copy)
+with R0 the process baseline (~0.6 GB: torch + transformers) and N_max the element count of the
+largest LoRA-merged tensor (fp32 merged copy + fp32 B @ A). ru_maxrss additionally counts the
+touched pages of the memory-mapped input shard and adapter (clean page cache, reclaimable):
+    maxrss ~ anon peak + S_in + 4 T
+with S_in the largest base shard and T the trained parameters (LoRA + graft, fp32). Measured on a
+390M-parameter LLaDA-shaped FlexMDM (fp32 base, 500 MB shards, N_max = 32000 x 1024, bf16 out):
+anon +276 MB, maxrss +583 MB, independent of --max-shard-size (100 MB or 1 GB), versus 780 MB
+for the bf16 model and 1.56 GB in fp32. LLaDA-8B FlexMDM (bf16 base, LM head 126464 x 4096 =
+518M, T = 403M, ~5 GB shards): anon ~ 0.6 + 10 x 0.518 = 5.8 GB, maxrss ~ 5.8 + 5 + 1.6 = 12.4 GB,
+versus 16 GB for the bf16 model (32 GB fp32). "full" verification additionally holds one fp32
+copy of the model at a time (~32 GB + activations), hence the automatic fallback to "layers".
 
 Usage:
     retrofit export runs/ift/checkpoint-1000 --out exports/flexmdm-gsm8k --dtype bf16
@@ -44,7 +52,7 @@ from typing import Any
 
 import torch
 
-from retrofit.export_merge import ShardWriter, iter_merged, parse_size, plan_merge
+from retrofit.export_merge import iter_merged, parse_size, plan_merge
 from retrofit.export_models import (
     ExportError,
     ModelSpec,
@@ -54,6 +62,7 @@ from retrofit.export_models import (
     probe_outputs,
     reference_model,
 )
+from retrofit.export_shards import ShardWriter
 from retrofit.export_sources import TrainedWeights, load_trained_weights
 from retrofit.export_verify import TOLERANCE, LayerProbe, compare_outputs, model_outputs, probe_batch
 from retrofit.io_utils import atomic_directory, file_digests, sha256_file, write_json_atomic
@@ -240,13 +249,14 @@ def _write_weights(
     """Stream-merge into shards, with layer probes on the fp32, cast and re-read weights."""
     from safetensors import safe_open
 
-    probe, writer = LayerProbe(), ShardWriter(tmp, max_bytes, dtype)
-    for item, tensor in iter_merged(plan, probe):
-        cast = writer.add(item.out_key, tensor)
-        if item.out_key in probe.refs:
-            probe.check("cast", item.out_key, cast)
-        del tensor, cast
-    weight_map = writer.finish()
+    probe = LayerProbe()
+    with ShardWriter(tmp, [(item.out_key, item.shape) for item in plan], dtype, max_bytes) as writer:
+        for item, tensor in iter_merged(plan, probe):
+            cast = writer.add(item.out_key, tensor)
+            if item.out_key in probe.refs:
+                probe.check("cast", item.out_key, cast)
+            del tensor, cast
+        weight_map = writer.finish()
     for key in probe.refs:  # re-read what is on disk
         with safe_open(tmp / weight_map[key], framework="pt") as handle:
             probe.check("disk", key, handle.get_tensor(key))

@@ -1,20 +1,15 @@
-"""Streaming LoRA merge: base shards + trained tensors -> merged safetensors shards.
+"""Streaming LoRA merge: base shards + trained tensors -> merged tensors, one at a time.
 
 `plan_merge` checks everything from safetensors headers only (names, shapes, LoRA factor
 shapes, missing / unknown tensors) before any weight is read, so a bad input fails fast and
-names the file. `iter_merged` then reads one base tensor at a time (`safe_open`), merges
-W' = W + scaling * (B @ A) in fp32 (spec §2.8), and yields it; `ShardWriter` casts and packs the
-tensors into output shards of at most `max_shard_size` bytes, writing each as soon as it is full.
-
-Peak memory (measured in tests/test_export.py; see `retrofit.export` for the 8B formula):
-    RSS ~ baseline + S_out + 3 * 4 * N_max + T
-with S_out the output shard size, N_max the element count of the largest LoRA-merged tensor
-(its fp32 copy, the fp32 B @ A product and the cast result) and T the trained tensors
-(LoRA factors + graft modules) held in memory.
+names the file. `iter_merged` then reads one base tensor at a time (`safe_open`, memory-mapped),
+merges W' = W + scaling * (B @ A) in fp32 (spec §2.8) and yields it; `retrofit.export_shards`
+writes it straight to its output shard. Peak memory: see `retrofit.export`.
 """
 
 from __future__ import annotations
 
+import ctypes
 import json
 import re
 from collections.abc import Callable, Iterator
@@ -23,7 +18,6 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 
 from retrofit.export_sources import LoraDelta, TrainedWeights
 from retrofit.export_verify import LayerProbe
@@ -144,7 +138,7 @@ def plan_merge(
                 continue
             lora = trained.lora.get(key.removesuffix(".weight")) if key.endswith(".weight") else None
             if lora is not None:
-                _check_lora(path, key, expected[key], lora)
+                _check_lora(trained.source, key, expected[key], lora)
             plan.append(PlannedTensor(out_name(key), expected[key], path, base_key, lora))
     for key, tensor in trained.full.items():
         if key not in expected:
@@ -175,10 +169,11 @@ def _check_shape(path: Path, key: str, have: tuple[int, ...], want: tuple[int, .
         )
 
 
-def _check_lora(path: Path, key: str, shape: tuple[int, ...], lora: LoraDelta) -> None:
+def _check_lora(source: str, key: str, shape: tuple[int, ...], lora: LoraDelta) -> None:
     if len(shape) != 2 or lora.A.shape[1] != shape[1] or lora.B.shape[0] != shape[0]:
         raise CheckpointError(
-            f"{path}: LoRA factors A{list(lora.A.shape)} B{list(lora.B.shape)} do not fit {key!r} {list(shape)}"
+            f"{source}: LoRA factors A{list(lora.A.shape)} B{list(lora.B.shape)} do not fit "
+            f"the base weight {key!r} {list(shape)}"
         )
 
 
@@ -186,15 +181,14 @@ def merge_lora(weight: torch.Tensor, lora: LoraDelta) -> torch.Tensor:
     """W' = W + scaling * (B @ A), computed in fp32 (spec §2.8), same operation order as peft.
 
     Args:
-        weight: [out, in] base weight (any float dtype; not modified unless already fp32 and
-            freshly read, as in `iter_merged`).
+        weight: [out, in] base weight (any float dtype; not modified).
         lora: factors A [r, in], B [out, r] and the scaling.
 
     Returns:
         [out, in] float32 merged weight.
     """
     delta = (lora.B.to(torch.float32) @ lora.A.to(torch.float32)) * lora.scaling  # [out, in]
-    merged = weight.to(torch.float32)
+    merged = weight.to(torch.float32, copy=True)  # never write into a memory-mapped base tensor
     merged += delta
     return merged
 
@@ -222,61 +216,26 @@ def iter_merged(
             if probe is not None:
                 probe.check("merged_fp32", item.out_key, tensor)
         yield item, tensor
+        del tensor
+        trim_heap()
 
 
-class ShardWriter:
-    """Pack tensors (cast to `dtype`) into safetensors shards of at most `max_bytes` each.
+def trim_heap() -> None:
+    """Return freed heap memory to the OS (glibc `malloc_trim`; a no-op elsewhere).
 
-    Shards are written as soon as they are full; `finish` names them `model-0000i-of-0000n`
-    (or `model.safetensors` when there is one) and writes the index.
-
-    Args:
-        out_dir: folder to write into (a temp folder during export).
-        max_bytes: shard size limit in bytes; a bigger single tensor gets its own shard.
-        dtype: output dtype of floating-point tensors.
+    Without it, glibc's growing mmap threshold serves the many multi-MB tensors of a merge from
+    the heap, whose fragmented free space is never returned: peak RSS then grows with the number
+    of tensors (measured 2.2x higher on a 390M-parameter export) instead of staying ~ one tensor.
     """
+    global _LIBC
+    if _LIBC is None:
+        try:
+            _LIBC = ctypes.CDLL("libc.so.6")
+            _LIBC.malloc_trim.argtypes = [ctypes.c_size_t]
+        except (OSError, AttributeError):
+            _LIBC = False
+    if _LIBC:
+        _LIBC.malloc_trim(0)
 
-    def __init__(self, out_dir: Path, max_bytes: int, dtype: torch.dtype):
-        self.out_dir, self.max_bytes, self.dtype = out_dir, max_bytes, dtype
-        self.buffer: dict[str, torch.Tensor] = {}
-        self.buffer_bytes = 0
-        self.shards: list[tuple[Path, list[str]]] = []
-        self.total_bytes = 0
 
-    def add(self, key: str, tensor: torch.Tensor) -> torch.Tensor:
-        """Cast and queue one tensor; returns the cast tensor (what will be on disk)."""
-        out = tensor.to(self.dtype) if tensor.is_floating_point() else tensor
-        out = out.contiguous()
-        size = out.numel() * out.element_size()
-        if self.buffer and self.buffer_bytes + size > self.max_bytes:
-            self.flush()
-        self.buffer[key] = out
-        self.buffer_bytes += size
-        self.total_bytes += size
-        return out
-
-    def flush(self) -> None:
-        """Write the queued tensors as the next shard and free them."""
-        if not self.buffer:
-            return
-        path = self.out_dir / f"model-{len(self.shards) + 1:05d}.partial.safetensors"
-        save_file(self.buffer, str(path), metadata={"format": "pt"})
-        self.shards.append((path, list(self.buffer)))
-        self.buffer, self.buffer_bytes = {}, 0
-
-    def finish(self) -> dict[str, str]:
-        """Flush, give the shards their final names, write the index; returns {key: shard file name}."""
-        self.flush()
-        n = len(self.shards)
-        weight_map = {}
-        for i, (path, keys) in enumerate(self.shards, start=1):
-            name = "model.safetensors" if n == 1 else f"model-{i:05d}-of-{n:05d}.safetensors"
-            path.rename(self.out_dir / name)
-            weight_map.update(dict.fromkeys(keys, name))
-        if n > 1:
-            index = {
-                "metadata": {"total_size": self.total_bytes},
-                "weight_map": dict(sorted(weight_map.items())),
-            }
-            (self.out_dir / INDEX_NAME).write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
-        return weight_map
+_LIBC = None

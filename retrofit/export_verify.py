@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 
 from retrofit.export_sources import LoraDelta
 
@@ -29,6 +30,13 @@ def relative_error(got: torch.Tensor, ref: torch.Tensor) -> float:
     got, ref = got.float(), ref.float()
     scale = max(1.0, float(ref.abs().max())) if ref.numel() else 1.0
     return float((got - ref).abs().max()) / scale if ref.numel() else 0.0
+
+
+def linear_fp32(x: torch.Tensor, weight: torch.Tensor, chunk_elements: int = 1 << 24) -> torch.Tensor:
+    """x [n, in] fp32 @ weight [out, in]^T in fp32, upcasting at most `chunk_elements` of the
+    weight at a time (no full fp32 copy of a large bf16 weight). Returns [n, out] fp32."""
+    rows = max(1, chunk_elements // max(1, weight.shape[1]))
+    return torch.cat([F.linear(x, w.float()) for w in weight.split(rows)], dim=1)
 
 
 @dataclass
@@ -53,13 +61,14 @@ class LayerProbe:
         """Record ref = x W^T + s (x A^T) B^T for the unmerged weight [out, in]."""
         gen = torch.Generator().manual_seed(self.seed + len(self.refs))
         x = torch.randn(self.n_probe, weight.shape[1], generator=gen)  # [n, in]
-        ref = x @ weight.float().T + lora.scaling * ((x @ lora.A.float().T) @ lora.B.float().T)  # [n, out]
+        lora_path = F.linear(F.linear(x, lora.A.float()), lora.B.float())  # [n, out]
+        ref = linear_fp32(x, weight) + lora.scaling * lora_path  # [n, out]
         self.refs[key] = (x, ref)
 
     def check(self, stage: str, key: str, weight: torch.Tensor) -> float:
         """Relative error of x W'^T against the recorded reference; keeps the max per stage."""
         x, ref = self.refs[key]
-        err = relative_error(x @ weight.float().T, ref)
+        err = relative_error(linear_fp32(x, weight), ref)
         self.errors[stage] = max(self.errors.get(stage, 0.0), err)
         return err
 
