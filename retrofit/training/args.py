@@ -15,9 +15,11 @@ be overridden on the command line as a dotted `key=value` (e.g. `training.max_st
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 from transformers import TrainingArguments
 
 __all__ = [
@@ -45,6 +47,22 @@ DTYPES = ("float32", "bfloat16", "float16")
 def _check_choice(where: str, value: Any, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise ValueError(f"recipe {where}={value!r} is not one of {', '.join(choices)}")
+
+
+def _configure_cpu_backend(args: TrainingArguments) -> None:
+    """Multi-process runs without CUDA use gloo (environment-notes: DDP and DeepSpeed on CPU).
+
+    Plain DDP needs ACCELERATE_USE_CPU; DeepSpeed must not see it (accelerate would silently fall
+    back to plain data parallel) and initialises its own gloo process group instead.
+    """
+    if torch.cuda.is_available() or int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
+        os.environ.pop("ACCELERATE_USE_CPU", None)
+    else:
+        os.environ.setdefault("ACCELERATE_USE_CPU", "true")
+    if args.ddp_backend is None:
+        args.ddp_backend = "gloo"
 
 
 @dataclass
@@ -89,8 +107,12 @@ class RetrofitTrainingArguments(TrainingArguments):
         default=False, metadata={"help": "must stay False (collator columns)"}
     )
     max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping norm (spec §3.3)"})
+    dataloader_drop_last: bool = field(
+        default=True, metadata={"help": "full micro-batches only (banded time strata assume B rows)"}
+    )
 
     def __post_init__(self) -> None:
+        _configure_cpu_backend(self)  # before the parent sets up devices / the process group
         super().__post_init__()
         _check_choice("training.loss", self.loss, LOSSES)
         if not self.loss_normalizer > 0:
@@ -243,6 +265,7 @@ class Recipe:
     objective: ObjectiveRecipe = field(default_factory=ObjectiveRecipe)
     mode: str = "retrofit"
     source: str = ""  # path of the YAML file (set by load_recipe)
+    training_keys: list[str] = field(default_factory=list)  # training keys the recipe set (for printing)
 
     def __post_init__(self) -> None:
         _check_choice("mode", self.mode, MODES)

@@ -42,6 +42,15 @@ SECTIONS: dict[str, type] = {
     "training": RetrofitTrainingArguments,
 }
 TOP_LEVEL = ("mode",)
+RETROFIT_FIELDS = (
+    "loss",
+    "loss_normalizer",
+    "lora_learning_rate",
+    "lora_weight_decay",
+    "head_learning_rate",
+    "head_weight_decay",
+    "save_on_interrupt",
+)
 
 
 class RecipeError(ValueError):
@@ -126,7 +135,9 @@ def build_recipe(raw: dict[str, Any]) -> Recipe:
         if not isinstance(section, dict):
             raise RecipeError(f"section {name}: must be a mapping, got {type(section).__name__}")
         parts[name] = _build_section(name, cls, section)
-    return Recipe(mode=raw.get("mode", "retrofit"), **parts)
+    recipe = Recipe(mode=raw.get("mode", "retrofit"), **parts)
+    recipe.training_keys = list(raw.get("training") or {})
+    return recipe
 
 
 def _build_section(name: str, cls: type, values: dict[str, Any]) -> Any:
@@ -148,6 +159,8 @@ def coerce(value: Any, annotation: Any, where: str) -> Any:
     Raises:
         RecipeError: the value cannot be read as the annotated type (names `where`).
     """
+    if annotation is Any:
+        return value
     options = _union_options(annotation)
     if value is None:
         if type(None) in options or annotation is Any:
@@ -224,16 +237,19 @@ def recipe_to_dict(recipe: Recipe, only_changed_training: bool = False) -> dict[
     out: dict[str, Any] = {"mode": recipe.mode, "source": recipe.source}
     for name in ("model", "lora", "data", "objective"):
         out[name] = _plain(dataclasses.asdict(getattr(recipe, name)))
-    out["training"] = _training_dict(recipe.training, only_changed_training)
+    out["training"] = _training_dict(recipe, only_changed_training)
     return out
 
 
-def _training_dict(args: RetrofitTrainingArguments, only_changed: bool) -> dict[str, Any]:
-    values = _plain(args.to_dict())
+def _training_dict(recipe: Recipe, only_changed: bool) -> dict[str, Any]:
+    values = _plain(recipe.training.to_dict())
     if not only_changed:
         return values
-    defaults = _plain(type(args)(output_dir=args.output_dir).to_dict())
-    return {k: v for k, v in values.items() if k == "output_dir" or v != defaults.get(k)}
+    # the keys the recipe / overrides set, plus retrofit's own fields (no default instance is built:
+    # constructing TrainingArguments sets up devices and DeepSpeed state as a side effect)
+    own = {f.name for f in dataclasses.fields(RetrofitTrainingArguments) if f.name in RETROFIT_FIELDS}
+    keys = ["output_dir", *recipe.training_keys, *sorted(own - set(recipe.training_keys))]
+    return {k: values[k] for k in dict.fromkeys(keys) if k in values}
 
 
 def _plain(value: Any) -> Any:

@@ -129,6 +129,7 @@ class FlexMDMTrainer(Trainer):
         self.step_stats.add(
             terms, x1_tokens, computed, full, scale=1.0 / self.current_gradient_accumulation_steps
         )
+        self._step_lrs = {g.get("name", str(i)): g["lr"] for i, g in enumerate(self.optimizer.param_groups)}
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         """Evaluation: the same loss as training, no predictions (`prediction_loss_only`)."""
@@ -152,8 +153,8 @@ class FlexMDMTrainer(Trainer):
         """Add the FlexMDM metrics to the Trainer's training logs (collective on all ranks)."""
         if "loss" in logs and self.model.training:
             logs.update(self.step_stats.reduce(self.accelerator))
-            for i, group in enumerate(self.optimizer.param_groups):
-                logs[f"lr/{group.get('name', i)}"] = group["lr"]
+            # the lr each group used in the last logged step (the scheduler has already advanced)
+            logs.update({f"lr/{name}": lr for name, lr in getattr(self, "_step_lrs", {}).items()})
         super().log(logs, start_time)
 
     # ------------------------------------------------------------------ atomic checkpoints

@@ -1,0 +1,174 @@
+"""`retrofit train RECIPE.yaml [--dry-run] [key=value ...]`: train on one process, or plan a run.
+
+Many processes: `accelerate launch --config_file recipes/accelerate/<cfg>.yaml -m retrofit.train
+RECIPE.yaml [key=value ...]` (same recipe, same overrides).
+
+`--dry-run` builds the model on the meta device (no weights are read or allocated) and prints
+the effective global batch, sequence length, step count, trainable parameters per group and a
+per-GPU memory estimate for DeepSpeed ZeRO-2 / ZeRO-3 (formula in `retrofit.training.memory`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+__all__ = ["add_arguments", "dry_run", "run"]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of `retrofit train`; the epilog lists the recipe fields with their help."""
+    parser.add_argument("recipe", help="recipe YAML (see recipes/)")
+    parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. training.max_steps=20")
+    parser.add_argument("--dry-run", action="store_true", help="plan only: meta-device model, counts, memory")
+    parser.add_argument("--world-size", type=int, default=None, help="GPUs assumed by --dry-run")
+    parser.add_argument("--accelerate-config", default=None, help="--dry-run reads num_processes from it")
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = _fields_help()
+
+
+def _fields_help() -> str:
+    from retrofit.training.recipe import SECTIONS
+
+    lines = ["recipe sections and fields (override as section.field=value):"]
+    for name, cls in SECTIONS.items():
+        own = [f for f in dataclasses.fields(cls) if f.init and not f.name.startswith("_")]
+        if name == "training":  # only our additions; every transformers.TrainingArguments field works too
+            own = [f for f in own if f.name in cls.__dataclass_fields__ and "help" in f.metadata][-12:]
+        lines.append(f"  {name}: " + ", ".join(f.name for f in own))
+    lines.append("  training: also every transformers.TrainingArguments field")
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Train (one process) or print the dry-run plan. Returns the exit code."""
+    from retrofit.training.recipe import load_recipe
+
+    recipe = load_recipe(args.recipe, args.overrides)
+    if args.dry_run:
+        print(dry_run(recipe, world_size=_world_size(args)))
+        return 0
+    from retrofit.train import run_training
+
+    return run_training(recipe)
+
+
+def _world_size(args: argparse.Namespace) -> int:
+    if args.world_size:
+        return int(args.world_size)
+    if args.accelerate_config:
+        import yaml
+
+        return int(yaml.safe_load(Path(args.accelerate_config).read_text()).get("num_processes", 1))
+    return 1
+
+
+def dry_run(recipe: Any, world_size: int = 1) -> str:
+    """The dry-run report of a recipe (model on the meta device; nothing is allocated).
+
+    Args:
+        recipe: a loaded Recipe.
+        world_size: data-parallel GPUs assumed for the global batch, steps and memory.
+
+    Returns:
+        The multi-line report.
+    """
+    from retrofit.training.lora import trainable_report
+    from retrofit.training.memory import estimate_memory, format_estimates
+
+    t = recipe.training
+    model, backbone, note = _meta_model(recipe)
+    report = trainable_report(model)
+    width = model.config.canvas_width if hasattr(model.config, "canvas_width") else recipe.data.max_length
+    seq = width + (1 if recipe.training.loss == "flexmdm" and recipe.mode != "pretrain" else 0)
+    global_batch = t.per_device_train_batch_size * t.gradient_accumulation_steps * world_size
+    steps, step_note = _steps(recipe, global_batch)
+    shape = {
+        "d_model": backbone.d_model,
+        "mlp_hidden": backbone.mlp_hidden_size,
+        "n_layers": backbone.n_layers,
+        "vocab": backbone.embedding_size,
+    }
+    estimates = [
+        estimate_memory(
+            total_params=report.trainable + report.frozen,
+            trainable_params=report.trainable,
+            stage=stage,
+            world_size=w,
+            micro_batch=t.per_device_train_batch_size,
+            seq_len=seq,
+            weight_bytes=2 if t.bf16 or recipe.model.dtype == "bfloat16" else 4,
+            gradient_checkpointing=bool(t.gradient_checkpointing),
+            **shape,
+        )
+        for stage in (2, 3)
+        for w in sorted({world_size, 8, 16})
+    ]
+    lines = [
+        f"recipe          {recipe.source} (mode {recipe.mode}, loss {t.loss})",
+        f"model           {recipe.model.base} {note}",
+        f"global batch    {t.per_device_train_batch_size} per device x {t.gradient_accumulation_steps} accumulation"
+        f" x {world_size} GPUs = {global_batch} sequences",
+        f"sequence length {seq} tokens (canvas {width}{' + length slot' if seq > width else ''})",
+        f"optimizer steps {steps} {step_note}",
+        "parameters (trainable per group):",
+        report.format(),
+        "memory per GPU (DeepSpeed, estimate; formula in retrofit/training/memory.py):",
+        format_estimates(estimates),
+    ]
+    return "\n".join(lines)
+
+
+def _meta_model(recipe: Any) -> tuple[Any, Any, str]:
+    """(wrapped model on meta, backbone LLaDAConfig, note on where the config came from)."""
+    import torch
+
+    from retrofit.models.llada import LLaDAConfig, LLaDAModelLM
+    from retrofit.train import _graft_kwargs
+    from retrofit.training.lora import wrap_with_lora
+
+    config_file = Path(recipe.model.base).expanduser() / "config.json"
+    if config_file.is_file():
+        config, note = (
+            LLaDAConfig.from_dict(json.loads(config_file.read_text())),
+            "(config.json read; no weights)",
+        )
+    else:
+        config, note = LLaDAConfig(), "(not a local folder: LLaDA-8B defaults of LLaDAConfig)"
+    with torch.device("meta"):
+        model = LLaDAModelLM(config)
+        if recipe.mode == "pretrain":
+            return model.requires_grad_(True), config, note
+        to_save: list[str] = []
+        if recipe.training.loss == "flexmdm":
+            from retrofit.models.flexmdm import FlexMDMModel
+
+            model = FlexMDMModel.from_llada(model, **_graft_kwargs(recipe, recipe.data.max_length))
+            to_save = model.new_module_names()
+        wrapped = wrap_with_lora(model, recipe.lora, to_save)
+    wrapped.config = model.config
+    return wrapped, config, note
+
+
+def _steps(recipe: Any, global_batch: int) -> tuple[int | str, str]:
+    """Optimizer steps: max_steps, or epochs x rows / global batch (rows counted before filtering)."""
+    t = recipe.training
+    if t.max_steps and t.max_steps > 0:
+        return t.max_steps, "(training.max_steps)"
+    try:
+        from retrofit.data.sources import load_source
+
+        rows = sum(
+            min(len(load_source(s["source"], s.get("split", "train"))), int(s.get("limit") or 1 << 62))
+            for s in recipe.data.train
+        )
+    except Exception as err:  # sources that need the network or a tokenizer
+        return "unknown", f"(set training.max_steps; could not count rows: {err})"
+    per_epoch = max(rows // global_batch, 1)
+    return math.ceil(
+        t.num_train_epochs * per_epoch
+    ), f"({t.num_train_epochs:g} epochs x {per_epoch} steps; {rows} rows)"

@@ -1,0 +1,344 @@
+"""Training entry point: `accelerate launch -m retrofit.train RECIPE.yaml [key=value ...]`.
+
+One process (`retrofit train RECIPE.yaml`, or `python -m retrofit.train`) or many (accelerate /
+torchrun / Slurm; see `recipes/`). Steps: recipe -> tokenizer -> model (graft + LoRA, MDM
+baseline + LoRA, or full-parameter pretraining) -> datasets -> collator -> FlexMDMTrainer ->
+train (optionally resuming) -> final checkpoint (pretraining also writes an official-layout LLaDA
+folder to `<output_dir>/final`).
+
+Resume: `training.resume_from_checkpoint=auto` continues from the newest complete checkpoint in
+`output_dir` (or starts fresh), a path resumes from that checkpoint; either is refused with a
+message if the checkpoint's manifest is missing or does not match its files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from retrofit.training.args import Recipe
+from retrofit.training.recipe import format_recipe, load_recipe, recipe_to_dict
+
+__all__ = [
+    "build_collator",
+    "build_datasets",
+    "build_model",
+    "canvas_width",
+    "main",
+    "resolve_resume",
+    "run_training",
+]
+
+_LOG = logging.getLogger("retrofit.train")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m retrofit.train RECIPE.yaml [key=value ...]`; returns the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(__doc__)
+        return 0 if argv else 2
+    recipe = load_recipe(argv[0], argv[1:])
+    return run_training(recipe)
+
+
+def run_training(recipe: Recipe) -> int:
+    """Train one recipe on this process (a rank of a distributed launch). Returns 0 on success."""
+    from transformers import AutoTokenizer, set_seed
+
+    import retrofit.models  # noqa: F401  (registers "llada"/"flexmdm": no remote-code prompt)
+    from retrofit.training.callbacks import InterruptCheckpoint
+    from retrofit.training.trainer import FlexMDMTrainer
+
+    args = recipe.training
+    if args.process_index == 0:
+        print(f"[retrofit] recipe {recipe.source}\n" + format_recipe(recipe), flush=True)
+    set_seed(args.seed)
+    base = resolve_local(recipe.model.base)
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    with _without_zero_init(args):  # full weights per rank; ZeRO-3 partitions them in deepspeed.initialize
+        model, info = build_model(recipe, base, tokenizer)
+    train_ds, eval_ds = build_datasets(recipe, tokenizer)
+    collator = build_collator(recipe, model, tokenizer, args)
+    resume = resolve_resume(args.resume_from_checkpoint, args.output_dir)
+    interrupt = InterruptCheckpoint(accelerator=None)
+    trainer = FlexMDMTrainer(
+        model=model,
+        args=args,
+        train_dataset=train_ds,
+        eval_dataset=eval_ds,
+        data_collator=collator,
+        callbacks=[interrupt],
+        manifest_info=info,
+        full_row_tokens=info["full_row_tokens"],
+    )
+    info.pop("full_row_tokens")
+    interrupt.accelerator = trainer.accelerator
+    if args.process_index == 0:
+        print(f"[retrofit] {describe_parallelism(trainer)}", flush=True)
+    if resume is not None:
+        _restore_collator_position(collator, resume, args.gradient_accumulation_steps)
+    trainer.train(resume_from_checkpoint=resume)
+    if interrupt.interrupted_at is not None:
+        _LOG.warning(
+            "interrupted: checkpoint-%d saved; rerun with resume_from_checkpoint=auto",
+            interrupt.interrupted_at,
+        )
+        return 0
+    _save_final(trainer, recipe, tokenizer, base)
+    return 0
+
+
+@contextlib.contextmanager
+def _without_zero_init(args: Any):
+    """Build the model without DeepSpeed zero.Init (the graft and peft need whole tensors).
+
+    accelerate registers a ZeRO-3 config with transformers whenever a DeepSpeed launch is
+    detected, which makes `from_pretrained` partition weights while loading; the graft copies
+    and peft wrapping need whole tensors, so loading is done unpartitioned and DeepSpeed
+    partitions at `deepspeed.initialize`. The config is re-registered afterwards.
+    """
+    from transformers.integrations import is_deepspeed_zero3_enabled, unset_hf_deepspeed_config
+
+    plugin = getattr(args, "deepspeed_plugin", None)
+    if plugin is None or not is_deepspeed_zero3_enabled():
+        yield
+        return
+    unset_hf_deepspeed_config()
+    try:
+        yield
+    finally:
+        plugin.set_deepspeed_weakref()
+
+
+def describe_parallelism(trainer: Any) -> str:
+    """One line: world size, distributed type, ZeRO stage (tests assert on it)."""
+    state = trainer.accelerator.state
+    text = f"world_size={trainer.accelerator.num_processes} distributed={state.distributed_type.value}"
+    if trainer.is_deepspeed_enabled:
+        text += f" zero_stage={state.deepspeed_plugin.zero_stage}"
+    return text + f" device={trainer.args.device}"
+
+
+def resolve_local(name_or_path: str) -> str:
+    """A local folder for a model: the path itself, or the Hub cache snapshot of an id."""
+    if Path(name_or_path).expanduser().is_dir():
+        return str(Path(name_or_path).expanduser())
+    from huggingface_hub import snapshot_download
+
+    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")
+    return snapshot_download(name_or_path, local_files_only=offline)
+
+
+def build_model(recipe: Recipe, base: str, tokenizer: Any) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Build the model to train and the manifest info (kind, base, config, LoRA, recipe).
+
+    - `mode: pretrain`: the LLaDA model itself, every parameter trainable (MDM loss).
+    - `training.loss: mdm`: LLaDA + LoRA (baseline fine-tune, no graft).
+    - otherwise: FlexMDM graft (`model.graft`, schedules from `objective`) + LoRA with the graft
+      modules in `modules_to_save`; `model.init_from` loads an earlier stage's trainable weights.
+
+    Returns:
+        (model on CPU, manifest info dict incl. "full_row_tokens").
+    """
+    from retrofit.models.loading import load_llada
+    from retrofit.training.lora import cast_trainable, wrap_with_lora
+
+    llada = load_llada(base, dtype=DTYPES[recipe.model.dtype]).train()
+    width = canvas_width(recipe, tokenizer)
+    if recipe.mode == "pretrain":
+        model, kind, lora = llada, "llada", {}
+        model.requires_grad_(True)
+    elif recipe.training.loss == "mdm":
+        model, kind = _with_lora(recipe, llada, [], wrap_with_lora), "llada"
+    else:
+        from retrofit.models.flexmdm import FlexMDMModel
+
+        graft = _graft_kwargs(recipe, width)
+        flex = FlexMDMModel.from_llada(llada, seed=recipe.training.seed, **graft)
+        width = flex.config.canvas_width
+        model, kind = _with_lora(recipe, flex, flex.new_module_names(), wrap_with_lora), "flexmdm"
+    if recipe.mode != "pretrain":
+        lora = model.peft_config["default"].to_dict()
+        cast_trainable(model, DTYPES[recipe.model.trainable_dtype])
+    config = model.get_base_model().config if hasattr(model, "get_base_model") else model.config
+    info = {
+        "kind": kind,
+        "base_model": base,
+        "model_config": config.to_dict(),
+        "lora": json.loads(json.dumps(lora, default=list)),
+        "recipe": recipe_to_dict(recipe),
+        "full_row_tokens": width + (1 if kind == "flexmdm" else 0),
+    }
+    return model, info
+
+
+def _graft_kwargs(recipe: Recipe, width: int) -> dict[str, Any]:
+    """Graft settings with the objective's schedules (the model records what it was trained with)."""
+    from retrofit.schedules import make_schedule
+
+    graft = dict(recipe.model.graft)
+    graft.setdefault("canvas_width", width)
+    for key in ("insertion_schedule", "unmasking_schedule"):
+        want = make_schedule(getattr(recipe.objective, key)).to_dict()
+        if key in graft and make_schedule(graft[key]).to_dict() != want:
+            raise ValueError(
+                f"recipe model.graft.{key} differs from objective.{key}; set it in objective only"
+            )
+        graft[key] = want
+    return graft
+
+
+def _with_lora(recipe: Recipe, model: torch.nn.Module, to_save: list[str], wrap) -> torch.nn.Module:
+    """Wrap with LoRA; with `model.init_from`, continue that LoRA or merge it and add a fresh one."""
+    wrapped = wrap(model, recipe.lora, to_save)
+    if not recipe.model.init_from:
+        return wrapped
+    load_trainable(wrapped, recipe.model.init_from)
+    if recipe.model.init_lora == "continue":
+        return wrapped
+    merged = wrapped.merge_and_unload()  # LoRA folded into the base; graft modules keep their values
+    return wrap(merged, recipe.lora, to_save)
+
+
+def load_trainable(model: torch.nn.Module, checkpoint: str) -> None:
+    """Load an earlier stage's adapter + graft-module tensors (weights only; manifest verified).
+
+    Raises:
+        CheckpointError: the checkpoint is incomplete / corrupt, or its tensors do not fit.
+    """
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    from retrofit.training.checkpoint import CheckpointError, verify_checkpoint
+
+    problems = verify_checkpoint(checkpoint)
+    if problems:
+        raise CheckpointError(
+            f"model.init_from={checkpoint} is not a complete checkpoint: " + "; ".join(problems)
+        )
+    path = Path(checkpoint) / "adapter_model.safetensors"
+    if not path.is_file():
+        raise CheckpointError(f"{path}: missing; model.init_from needs a LoRA training checkpoint")
+    result = set_peft_model_state_dict(model, load_file(str(path)))
+    if result.unexpected_keys:
+        raise CheckpointError(f"{path}: tensors {result.unexpected_keys[:4]} do not exist in this model")
+
+
+def build_datasets(recipe: Recipe, tokenizer: Any) -> tuple[Any, Any]:
+    """Train (and optional eval) datasets from the recipe's specs (`retrofit.data.builder.build_mixture`)."""
+    from retrofit.data.builder import build_mixture
+
+    seed = recipe.training.data_seed if recipe.training.data_seed is not None else recipe.training.seed
+    kw = {"max_length": recipe.data.max_length, "seed": seed}
+    train, _ = build_mixture(recipe.data.train, tokenizer, strategy=recipe.data.mixture, **kw)
+    evalset = build_mixture(recipe.data.eval, tokenizer, **kw)[0] if recipe.data.eval else None
+    return train, evalset
+
+
+def canvas_width(recipe: Recipe, tokenizer: Any) -> int:
+    """Canvas width L_max: data.max_length, plus the boundary (FlexMDM) or FIM (MDM) tokens of infilling."""
+    from retrofit.data.infill_format import fim_overhead, infill_canvas_width
+
+    if not any(spec.get("format") == "infill" for spec in recipe.data.train + recipe.data.eval):
+        return recipe.data.max_length
+    if recipe.training.loss == "mdm":
+        return recipe.data.max_length + fim_overhead(tokenizer)
+    return infill_canvas_width(recipe.data.max_length, tokenizer)
+
+
+def build_collator(recipe: Recipe, model: torch.nn.Module, tokenizer: Any, args: Any) -> Any:
+    """FlexMDMCollator (FlexMDM loss) or MDMCollator (baseline / pretraining) for this rank."""
+    from retrofit.training.collator import FlexMDMCollator, MDMCollator
+
+    config = model.get_base_model().config if hasattr(model, "get_base_model") else model.config
+    common = {
+        "tokenizer": tokenizer,
+        "mask_id": int(config.mask_token_id),
+        "pad_id": int(config.pad_token_id),
+        "world_size": args.world_size,
+        "rank": args.process_index,
+        "grad_accum": args.gradient_accumulation_steps,
+        "seed": args.seed,
+    }
+    if args.loss == "mdm":
+        width = canvas_width(recipe, tokenizer)
+        return MDMCollator(canvas_width=width, time_mode=recipe.objective.time_sampling, **common)
+    return FlexMDMCollator(
+        insertion_schedule=recipe.objective.insertion_schedule,
+        unmasking_schedule=recipe.objective.unmasking_schedule,
+        canvas_width=config.canvas_width,
+        time_mode=recipe.objective.time_sampling,
+        trim=recipe.objective.trim,
+        **common,
+    )
+
+
+def resolve_resume(value: str | None, output_dir: str) -> str | None:
+    """Checkpoint to resume from: None, `auto` (newest in output_dir, or None) or a path.
+
+    Raises:
+        CheckpointError: the checkpoint is incomplete or corrupt (message lists the problems).
+    """
+    from transformers.trainer_utils import get_last_checkpoint
+
+    from retrofit.training.checkpoint import CheckpointError, verify_checkpoint
+
+    if value in (None, "", "none", "None"):
+        return None
+    if value == "auto":
+        value = get_last_checkpoint(output_dir) if Path(output_dir).is_dir() else None
+        if value is None:
+            return None
+    problems = verify_checkpoint(value, check_hashes=True)
+    if problems:
+        raise CheckpointError(
+            f"refusing to resume from {value}: it is incomplete or corrupt ("
+            + "; ".join(problems)
+            + "). Delete it or pass an earlier checkpoint as training.resume_from_checkpoint=PATH."
+        )
+    return str(value)
+
+
+def _restore_collator_position(collator: Any, checkpoint: str, grad_accum: int) -> None:
+    """Set the collator's micro-batch counter to where the checkpoint stopped (time bands, RNG)."""
+    state = json.loads((Path(checkpoint) / "trainer_state.json").read_text())
+    collator.load_state_dict({"calls": int(state["global_step"]) * grad_accum})
+
+
+def _save_final(trainer: Any, recipe: Recipe, tokenizer: Any, base: str) -> None:
+    """Save the last step as a checkpoint (if not saved yet); pretraining also writes `final/`."""
+    step = trainer.state.global_step
+    last = Path(recipe.training.output_dir) / f"checkpoint-{step}"
+    if step > 0 and not last.is_dir():
+        trainer._save_checkpoint(trainer.model_wrapped, trial=None)
+    if recipe.mode == "pretrain":
+        save_llada_folder(trainer, tokenizer, Path(recipe.training.output_dir) / "final")
+
+
+def save_llada_folder(trainer: Any, tokenizer: Any, out_dir: Path) -> None:
+    """Write the trained LLaDA in the official layout (sharded safetensors + index, config, tokenizer)."""
+    from retrofit.io_utils import atomic_directory
+    from retrofit.models.tiny import official_config_dict, save_sharded
+
+    state = trainer.accelerator.get_state_dict(trainer.model_wrapped)  # gathers ZeRO-3 shards
+    if not trainer.args.should_save:
+        return
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    with atomic_directory(out_dir, overwrite=True) as tmp:
+        (tmp / "config.json").write_text(json.dumps(official_config_dict(model.config), indent=2) + "\n")
+        save_sharded({k: v.detach().cpu().contiguous() for k, v in state.items()}, tmp)
+        tokenizer.save_pretrained(tmp)
+    print(f"[retrofit] wrote {out_dir}", flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
