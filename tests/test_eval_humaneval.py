@@ -109,13 +109,11 @@ DP_SCRIPT = textwrap.dedent(
     """
     import sys
     import torch.distributed as dist
-    from accelerate import PartialState
     from retrofit.evaluation.generation import Completion, rank_and_world
     from retrofit.evaluation.humaneval_data import read_problems
     from retrofit.evaluation.humaneval_infill import run_humaneval_infill
     from retrofit.models.tokenizer import build_tokenizer
 
-    PartialState(cpu=True)
     rank, world = rank_and_world()
     assert world == 2, world
     tok = build_tokenizer()

@@ -206,9 +206,6 @@ def test_lm_eval_cli_wrapper_runs_lm_eval_with_our_models(
 DP_SCRIPT = """
 import sys
 import torch
-from accelerate import PartialState
-
-PartialState(cpu=True)
 from retrofit.evaluation.lm_eval_models import LLaDALM
 from retrofit.evaluation.lm_eval_runner import run_lm_eval
 

@@ -270,28 +270,33 @@ def load_model_dir(
 
 
 # ------------------------------------------------------------------------- data parallel
-def rank_and_world() -> tuple[int, int]:
-    """(rank, world size) of this process: accelerate's PartialState under a multi-process
-    launch (`accelerate launch`, `torchrun`; WORLD_SIZE > 1), else (0, 1)."""
-    import os
+def _partial_state():
+    """accelerate's PartialState under a multi-process launch (WORLD_SIZE > 1), else None.
 
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return 0, 1
-    from accelerate import PartialState
-
-    state = PartialState()
-    return state.process_index, state.num_processes
-
-
-def process_device() -> str | None:
-    """This process's accelerate device under a multi-process launch (e.g. "cuda:1"), else None."""
+    On a machine without CUDA (or with ACCELERATE_USE_CPU set) it is created with `cpu=True`:
+    plain `PartialState()` there reports a single process even under `accelerate launch`.
+    """
     import os
 
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return None
     from accelerate import PartialState
 
-    return str(PartialState().device)
+    use_cpu = os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
+    return PartialState(cpu=use_cpu or not torch.cuda.is_available())
+
+
+def rank_and_world() -> tuple[int, int]:
+    """(rank, world size) of this process: accelerate's PartialState under a multi-process
+    launch (`accelerate launch`, `torchrun`; WORLD_SIZE > 1), else (0, 1)."""
+    state = _partial_state()
+    return (state.process_index, state.num_processes) if state is not None else (0, 1)
+
+
+def process_device() -> str | None:
+    """This process's accelerate device under a multi-process launch (e.g. "cuda:1"), else None."""
+    state = _partial_state()
+    return str(state.device) if state is not None else None
 
 
 def gather_to_main(items: list[Any], world: int) -> list[Any] | None:

@@ -120,6 +120,26 @@ def summarize(passed: np.ndarray, exact: np.ndarray, ks: Sequence[int]) -> dict[
     return metrics
 
 
+def score(
+    problems: Sequence[dict], rows: Sequence[tuple], tokenizer: Any, num_samples: int, ks: Sequence[int]
+) -> tuple[dict[str, float], list[dict]]:
+    """Metrics and per-sample records from (task index, sample, text, tokens, passed, status, detail) rows.
+
+    `rows` are sorted by (task, sample) and cover every task num_samples times.
+    """
+    canon = canonical_token_counts(problems, tokenizer)
+    shape = (len(problems), num_samples)
+    passed = np.array([r[4] for r in rows], dtype=bool).reshape(shape)
+    exact = np.array([r[3] == canon[r[0]] for r in rows], dtype=bool).reshape(shape)
+    metrics = summarize(passed, exact, ks)
+    metrics["mean_middle_tokens"] = float(np.mean([r[3] for r in rows]))
+    metrics["mean_canonical_tokens"] = float(np.mean(canon))
+    samples = [{"task_id": problems[i]["task_id"], "sample": j, "completion": text, "num_tokens": n,
+                "canonical_tokens": canon[i], "exact_length": n == canon[i], "passed": ok, "status": status,
+                "detail": detail} for i, j, text, n, ok, status, detail in rows]  # fmt: skip
+    return metrics, samples
+
+
 def run_humaneval_infill(
     infill_fn: InfillFn,
     tokenizer: Any,
@@ -171,16 +191,9 @@ def run_humaneval_infill(
     gathered = gather_to_main(local, world)
     if gathered is None:
         return None
-    gathered.sort(key=lambda g: (g[0], g[1]))
-    canon = canonical_token_counts(problems, tokenizer)
-    passed = np.array([g[4] for g in gathered], dtype=bool).reshape(len(problems), num_samples)
-    exact = np.array([g[3] == canon[g[0]] for g in gathered], dtype=bool).reshape(len(problems), num_samples)
-    metrics = summarize(passed, exact, ks)
-    metrics["mean_middle_tokens"] = float(np.mean([g[3] for g in gathered]))
-    metrics["mean_canonical_tokens"] = float(np.mean(canon)) if canon else 0.0
-    samples = [{"task_id": problems[i]["task_id"], "sample": j, "completion": text, "num_tokens": n,
-                "canonical_tokens": canon[i], "exact_length": n == canon[i], "passed": ok, "status": status,
-                "detail": detail} for i, j, text, n, ok, status, detail in gathered]  # fmt: skip
+    metrics, samples = score(
+        problems, sorted(gathered, key=lambda g: (g[0], g[1])), tokenizer, num_samples, ks
+    )
     run_config = {"task": "humaneval-infill", "benchmark": benchmark, "limit": limit, "num_tasks": len(problems),
                   "num_samples": num_samples, "seed": seed, "world_size": world, "timeout_s": timeout_s,
                   "sandbox": sandbox_info(), **(config or {})}  # fmt: skip

@@ -7,7 +7,9 @@ instance to `simple_evaluate`.
 
 * `generate_until`: the samplers through `TextGenerator` (batched; each decoded text is cut at
   the first stop string of the request's `until`; ids at the first EOS / EoT; at most
-  `max_gen_toks` tokens are kept).
+  `max_gen_toks` tokens are kept; contexts longer than the sampler allows lose their oldest
+  tokens, as in lm-eval's HF model). The request's `temperature` / `do_sample` are not read:
+  sampling settings come from `--model_args` (e.g. `temperature=0`).
 * `loglikelihood`: -(MC ELBO) of the continuation given the context: LLaDA's stratified
   estimator for LLaDA (spec §4.10), the FlexMDM bound for FlexMDM (spec §3.4); `is_greedy` from
   one-shot argmax decoding of the masked continuation. Every request uses a fresh generator

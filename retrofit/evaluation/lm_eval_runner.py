@@ -209,7 +209,12 @@ def lm_eval_cli(argv: Sequence[str], data_dir: str | os.PathLike | None = None) 
     argv = list(argv)
     with tempfile.TemporaryDirectory(prefix="retrofit-lm-eval-tasks-") as work:
         if "--include_path" not in argv:
-            argv += ["--include_path", str(write_task_dir(work, data_dir))]
+            try:
+                argv += ["--include_path", str(write_task_dir(work, data_dir))]
+            except FileNotFoundError as err:  # e.g. installed without the eval/ folder
+                print(
+                    f"retrofit eval lm-eval: warning: our GSM8K tasks are unavailable: {err}", file=sys.stderr
+                )
         saved = sys.argv
         sys.argv = ["lm-eval", *argv]
         try:
