@@ -48,7 +48,9 @@ def run(args: argparse.Namespace) -> int:
     """Train (one process) or print the dry-run plan. Returns the exit code."""
     from retrofit.training.recipe import load_recipe
 
-    recipe = load_recipe(args.recipe, args.overrides)
+    # a dry run plans a GPU recipe on any machine: use_cpu lets bf16 recipes validate without GPUs
+    extra = ["training.use_cpu=true"] if args.dry_run else []
+    recipe = load_recipe(args.recipe, [*args.overrides, *extra])
     if args.dry_run:
         print(dry_run(recipe, world_size=_world_size(args)))
         return 0
@@ -155,20 +157,27 @@ def _meta_model(recipe: Any) -> tuple[Any, Any, str]:
 
 
 def _steps(recipe: Any, global_batch: int) -> tuple[int | str, str]:
-    """Optimizer steps: max_steps, or epochs x rows / global batch (rows counted before filtering)."""
+    """Optimizer steps: max_steps, or epochs x rows / global batch (local sources; rows before filtering)."""
     t = recipe.training
     if t.max_steps and t.max_steps > 0:
         return t.max_steps, "(training.max_steps)"
-    try:
-        from retrofit.data.sources import load_source
+    if not all(_is_local(spec) for spec in recipe.data.train):
+        return "unknown", "(Hub sources are not counted in a dry run; set training.max_steps or RETROFIT_DATA_DIR)"
+    from retrofit.data.sources import load_source
 
-        rows = sum(
-            min(len(load_source(s["source"], s.get("split", "train"))), int(s.get("limit") or 1 << 62))
-            for s in recipe.data.train
-        )
-    except Exception as err:  # sources that need the network or a tokenizer
-        return "unknown", f"(set training.max_steps; could not count rows: {err})"
+    rows = sum(
+        min(len(load_source(s["source"], s.get("split", "train"))), int(s.get("limit") or 1 << 62))
+        for s in recipe.data.train
+    )
     per_epoch = max(rows // global_batch, 1)
-    return math.ceil(
-        t.num_train_epochs * per_epoch
-    ), f"({t.num_train_epochs:g} epochs x {per_epoch} steps; {rows} rows)"
+    return math.ceil(t.num_train_epochs * per_epoch), f"({t.num_train_epochs:g} epochs x {per_epoch} steps; {rows} rows)"
+
+
+def _is_local(spec: dict[str, Any]) -> bool:
+    """Whether `load_source` would read this spec from disk (no network)."""
+    from retrofit.data.sources import resolve_data_dir
+
+    source = str(spec.get("source", ""))
+    if source == "stdlib" or source.startswith("code:") or Path(source).expanduser().exists():
+        return True
+    return source in ("gsm8k", "humaneval") and resolve_data_dir(spec.get("data_dir")) is not None
