@@ -137,6 +137,7 @@ def split_peft_state(
     full: dict[str, torch.Tensor] = {}
     to_save = list(config.get("modules_to_save") or [])
     for key, tensor in state.items():
+        tensor = tensor.detach()
         name = key[len(PEFT_PREFIX) :] if key.startswith(PEFT_PREFIX) else key
         if any(tag in name for tag in _UNSUPPORTED_LORA):
             raise CheckpointError(f"{origin}: tensor {key!r} is a LoRA variant export cannot merge")

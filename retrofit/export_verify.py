@@ -57,6 +57,7 @@ class LayerProbe:
     refs: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
     errors: dict[str, float] = field(default_factory=dict)
 
+    @torch.no_grad()
     def reference(self, key: str, weight: torch.Tensor, lora: LoraDelta) -> None:
         """Record ref = x W^T + s (x A^T) B^T for the unmerged weight [out, in]."""
         gen = torch.Generator().manual_seed(self.seed + len(self.refs))
@@ -65,6 +66,7 @@ class LayerProbe:
         ref = linear_fp32(x, weight) + lora.scaling * lora_path  # [n, out]
         self.refs[key] = (x, ref)
 
+    @torch.no_grad()
     def check(self, stage: str, key: str, weight: torch.Tensor) -> float:
         """Relative error of x W'^T against the recorded reference; keeps the max per stage."""
         x, ref = self.refs[key]
