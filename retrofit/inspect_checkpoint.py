@@ -221,7 +221,7 @@ def _weights(folder: Path, report: FolderReport) -> None:
     weight_map: dict[str, str] = {}
     if index.is_file():
         weight_map = (_read_json(index, report) or {}).get("weight_map", {})
-        files = list(dict.fromkeys(weight_map.values()))
+        files = sorted(set(weight_map.values()))
     elif (folder / "model.safetensors").is_file():
         files = ["model.safetensors"]
     else:
