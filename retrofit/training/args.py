@@ -113,6 +113,14 @@ class RetrofitTrainingArguments(TrainingArguments):
 
     def __post_init__(self) -> None:
         _configure_cpu_backend(self)  # before the parent sets up devices / the process group
+        # non-reentrant checkpointing: grads reach LoRA even when a block's inputs need none
+        ckpt_kwargs = next(
+            k
+            for k in ("activation_checkpointing_kwargs", "gradient_checkpointing_kwargs")
+            if hasattr(self, k)
+        )
+        if getattr(self, ckpt_kwargs) is None:
+            setattr(self, ckpt_kwargs, {"use_reentrant": False})
         super().__post_init__()
         _check_choice("training.loss", self.loss, LOSSES)
         if not self.loss_normalizer > 0:

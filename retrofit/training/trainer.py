@@ -19,6 +19,7 @@ Trainer's own):
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from typing import Any
@@ -189,6 +190,8 @@ class FlexMDMTrainer(Trainer):
         if os.path.exists(final):  # same step saved again (e.g. interrupt right after a save)
             shutil.rmtree(final)
         os.replace(staged, final)
+        with contextlib.suppress(OSError):  # leave no empty staging folder behind
+            os.rmdir(os.path.dirname(staged))
         rotate_checkpoints(
             output_dir=run_dir,
             save_total_limit=self.args.save_total_limit,
