@@ -195,6 +195,30 @@ def test_llada_kind_checkpoint(tiny_llada_dir, tmp_path):
     assert report.kind == "llada" and report.errors["reloaded.logits"] < 1e-5
 
 
+def test_checkpoint_on_a_flexmdm_base(tiny_flexmdm_dir, tmp_path):
+    """A later stage trained from a FlexMDM folder (graft or earlier export): names need no prefix."""
+    from retrofit.models import FlexMDMModel
+    from retrofit.training.args import LoraRecipe
+    from retrofit.training.lora import wrap_with_lora
+
+    model = FlexMDMModel.from_pretrained(tiny_flexmdm_dir, dtype=torch.float32)
+    peft_model = wrap_with_lora(model, LoraRecipe(r=2, alpha=2, dropout=0.0), model.new_module_names())
+    with torch.no_grad():
+        for param in (p for p in peft_model.parameters() if p.requires_grad):
+            param.add_(0.05 * torch.randn(param.shape, generator=torch.Generator().manual_seed(4)))
+    peft_model.save_pretrained(tmp_path / "ckpt")
+    write_manifest(tmp_path / "ckpt", kind="flexmdm", base_model=tiny_flexmdm_dir, model_config=model.config.to_dict(),
+                   lora={}, recipe={}, step=2)  # fmt: skip
+    report = export_checkpoint(tmp_path / "ckpt", tmp_path / "out", dtype="fp32")
+    ids, t = torch.arange(16).view(2, 8), torch.tensor([0.1, 0.6])
+    with torch.no_grad():
+        want = peft_model.get_base_model().eval()(ids, t)
+        got = FlexMDMModel.from_pretrained(tmp_path / "out").eval()(ids, t)
+    torch.testing.assert_close(got.logits, want.logits, atol=1e-5, rtol=0)
+    torch.testing.assert_close(got.expected_gaps, want.expected_gaps, atol=1e-5, rtol=1e-6)
+    assert report.errors["prewrite_fp32.logits"] < 1e-5
+
+
 def _pickled_adapter(ckpt: Path, base: Path) -> str:
     torch.save(load_file(ckpt / ADAPTER), ckpt / "adapter_model.bin")
     (ckpt / ADAPTER).unlink()
