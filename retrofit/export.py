@@ -6,7 +6,8 @@ Pipeline (each step fails with a message naming the file at fault, before anythi
    against its fingerprint, build the model on the meta device for names and shapes.
 2. Read the trained tensors (`retrofit.export_sources`): safetensors adapters once their sha256
    matches the manifest; pickled formats (ZeRO shards, `.bin` adapters) only with
-   `trust_checkpoint=True` (`--trust-checkpoint`).
+   `trust_checkpoint=True` (`--trust-checkpoint`). training_args.bin, optimizer, scheduler and
+   rng files are never read.
 3. Plan the merge from safetensors headers only (`retrofit.export_merge.plan_merge`).
 4. Verify before writing. "full" mode (when ~6 bytes/param fit in available RAM): run the
    unmerged peft model and the fp32 merged model on a fixed probe batch; logits and expected
@@ -21,16 +22,17 @@ Pipeline (each step fails with a message naming the file at fault, before anythi
 Memory (streaming; measured by tests/test_export.py::test_streaming_merge_peak_memory): base
 tensors are memory-mapped and each output tensor is written to its shard as soon as it exists
 (`retrofit.export_shards`), so the anonymous (non-file-backed) peak is one merge:
-    anon peak ~ R0 + 8 N_max (+ 2 N_max for a bf16 base: its fp32 copy)
+    anon peak ~ R0 + 8 N_max
 with R0 the process baseline (~0.6 GB: torch + transformers) and N_max the element count of the
-largest LoRA-merged tensor (fp32 merged copy + fp32 B @ A). ru_maxrss additionally counts the
+largest LoRA-merged tensor (its fp32 merged copy + the fp32 B @ A; the base tensor itself stays
+memory-mapped, whatever its dtype). ru_maxrss additionally counts the
 touched pages of the memory-mapped input shard and adapter (clean page cache, reclaimable):
     maxrss ~ anon peak + S_in + 4 T
 with S_in the largest base shard and T the trained parameters (LoRA + graft, fp32). Measured on a
 390M-parameter LLaDA-shaped FlexMDM (fp32 base, 500 MB shards, N_max = 32000 x 1024, bf16 out):
 anon +276 MB, maxrss +583 MB, independent of --max-shard-size (100 MB or 1 GB), versus 780 MB
 for the bf16 model and 1.56 GB in fp32. LLaDA-8B FlexMDM (bf16 base, LM head 126464 x 4096 =
-518M, T = 403M, ~5 GB shards): anon ~ 0.6 + 10 x 0.518 = 5.8 GB, maxrss ~ 5.8 + 5 + 1.6 = 12.4 GB,
+518M, T = 403M, ~5 GB shards): anon ~ 0.6 + 8 x 0.518 = 4.7 GB, maxrss ~ 4.7 + 5 + 1.6 = 11.3 GB,
 versus 16 GB for the bf16 model (32 GB fp32). "full" verification additionally holds one fp32
 copy of the model at a time (~32 GB + activations), hence the automatic fallback to "layers".
 
@@ -125,7 +127,12 @@ def _resolve_checkpoint(checkpoint: Path, base: Path | None) -> tuple[dict, Path
 
 
 def verify_mode(requested: str, n_params: int) -> str:
-    """ "full" if requested, or if "auto" and ~6 bytes/param + 1 GiB fit in available RAM; else "layers"."""
+    """The verification mode: `requested`, or for "auto" "full" when ~6 bytes/param + 1 GiB fit in
+    the available RAM, else "layers".
+
+    Raises:
+        ValueError: `requested` is not auto, full or layers.
+    """
     if requested in ("full", "layers"):
         return requested
     if requested != "auto":

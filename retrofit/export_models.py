@@ -122,7 +122,8 @@ def reference_model(spec: ModelSpec, base: Path, trained: TrainedWeights) -> tor
         The un-wrapped model (`peft_model.get_base_model()`, LoRA layers live), eval mode.
 
     Raises:
-        ExportError: peft reports adapter tensors it could not place.
+        ExportError: peft reports adapter tensors it could not place, or LoRA / modules_to_save
+            tensors the checkpoint does not provide.
     """
     from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
 
@@ -148,8 +149,12 @@ def reference_model(spec: ModelSpec, base: Path, trained: TrainedWeights) -> tor
     }
     state.update({f"base_model.model.{k}": v for k, v in trained.full.items()})
     result = set_peft_model_state_dict(peft_model, state)
-    if result.unexpected_keys:
-        raise ExportError(f"peft could not place adapter tensors {sorted(result.unexpected_keys)[:5]}")
+    unfilled = [k for k in result.missing_keys if ".lora_" in k or ".modules_to_save." in k]
+    if result.unexpected_keys or unfilled:
+        raise ExportError(
+            f"peft could not place adapter tensors {sorted(result.unexpected_keys)[:5]} "
+            f"or left trainable tensors unset {sorted(unfilled)[:5]}"
+        )
     return peft_model.get_base_model().eval()
 
 
