@@ -152,6 +152,22 @@ def test_trimmed_run_equals_full_width_run(make_model):
         assert (g_t - g_f[:, : W + 1])[gap].abs().max() < 1e-5
 
 
+def test_masked_logits_path_gives_the_same_samples():
+    """FlexMDMModel takes logits_mask: logits only at unmaskable slots give the same samples."""
+    from retrofit.sampling.flexmdm import _accepts_logits_mask
+
+    model = _real_flexmdm()
+    assert _accepts_logits_mask(model) and not _accepts_logits_mask(Recorder(model))
+    assert FlexMDMSamplerConfig.from_model(model).max_length == 40  # the model's canvas_width
+    outs = []
+    for masked in (True, False):
+        config = FlexMDMSamplerConfig(steps=8, max_length=30, masked_logits=masked)
+        outs.append(
+            FlexMDMSampler(model, config).infill([[1, 2]], [[3]], 3, torch.Generator().manual_seed(0))
+        )
+    assert outs[0].sequences == outs[1].sequences
+
+
 def test_length_cap_keeps_what_fits_and_counts_drops():
     model = TinyFlexMDM(gap_scale=500.0)  # every step proposes far more than fits
     config = FlexMDMSamplerConfig(steps=4, max_length=12, max_middle=5)

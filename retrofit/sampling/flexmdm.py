@@ -21,6 +21,7 @@ Example::
 
 from __future__ import annotations
 
+import inspect
 import math
 from dataclasses import dataclass, fields, replace
 from typing import Any
@@ -85,6 +86,8 @@ class FlexMDMSamplerConfig:
             model.config.pad_attention == "full" (then outputs depend on the canvas width).
         draw_at_full_width: draw every per-slot random number at the full canvas width, so
             trimmed and untrimmed runs give identical samples for a seed.
+        masked_logits: compute token logits only at the slots that can be unmasked, when the
+            model's forward takes ``logits_mask`` (FlexMDMModel); saves the LM head elsewhere.
         trace: record the canvas after every step (SampleOutput.trace).
         progress: show a tqdm progress bar.
     """
@@ -110,6 +113,7 @@ class FlexMDMSamplerConfig:
     pad_id: int | None = None
     trim: bool | None = None
     draw_at_full_width: bool = False
+    masked_logits: bool = True
     trace: bool = False
     progress: bool = False
 
@@ -131,13 +135,19 @@ class FlexMDMSamplerConfig:
 
     @classmethod
     def from_model(cls, model: Any, **overrides: Any) -> FlexMDMSamplerConfig:
-        """Defaults < ``model.config.sampler_defaults`` (a dict) < ``overrides``.
+        """Defaults < max_length = ``model.config.canvas_width`` (if set) < ``model.config.sampler_defaults``
+        (a dict) < ``overrides``.
 
         Raises:
             ValueError: a key of sampler_defaults or overrides is not a field of this config.
         """
-        defaults = dict(getattr(getattr(model, "config", None), "sampler_defaults", None) or {})
-        merged = {**defaults, **overrides}
+        model_config = getattr(model, "config", None)
+        width = getattr(model_config, "canvas_width", None)
+        merged = {
+            **({"max_length": int(width)} if width else {}),
+            **dict(getattr(model_config, "sampler_defaults", None) or {}),
+            **overrides,
+        }
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(merged) - known)
         if unknown:
@@ -262,7 +272,7 @@ class FlexMDMSampler:
     def _step(self, st: _State, t: float, dt: float, rand: RandomSource) -> None:
         """One tau-leaping step: predict, unmask on the pre-insertion canvas, insert (spec §4.2)."""
         width = self._width(st)
-        pred = predict(self.model, st.canvas, st.lengths, t, width)
+        pred = self._predict(st, t, width)
         self._unmask(st, pred.logits, rand, hazard_dt=self._hazard("unmasking", t) * dt)
         allowed = allowed_gaps(st.lengths, st.pre, st.suf, width + 1)
         e = insertion_counts(pred.expected_gaps, allowed, self._hazard("insertion", t) * dt, rand)
@@ -273,7 +283,7 @@ class FlexMDMSampler:
         cfg, mask_id = self.config, self._mask_id()
         if cfg.reference:  # last step at t = (S - 1)/S: argmax fill, no insertion
             t = (cfg.steps - 1) / cfg.steps
-            pred = predict(self.model, st.canvas, st.lengths, t, self._width(st))
+            pred = self._predict(st, t, self._width(st))
             self._unmask(st, pred.logits, rand, hazard_dt=None, argmax=True)
             if trace is not None:
                 trace.record(1.0, st.canvas, st.lengths, mask_id, "fill")
@@ -281,7 +291,7 @@ class FlexMDMSampler:
         passes, pred = 0, None
         if cfg.final_insertion:
             width = self._width(st)
-            pred = predict(self.model, st.canvas, st.lengths, 1.0, width)
+            pred = self._predict(st, 1.0, width)
             passes += 1
             allowed = allowed_gaps(st.lengths, st.pre, st.suf, width + 1)
             e = insertion_counts(pred.expected_gaps, allowed, None, rand)
@@ -290,7 +300,7 @@ class FlexMDMSampler:
             if trace is not None:
                 trace.record(1.0, st.canvas, st.lengths, mask_id, "final_insert")
         if pred is None:
-            pred = predict(self.model, st.canvas, st.lengths, 1.0, self._width(st))
+            pred = self._predict(st, 1.0, self._width(st))
             passes += 1
         self._unmask(st, pred.logits, rand, hazard_dt=None, argmax=cfg.fill == "argmax")
         if trace is not None:
@@ -298,6 +308,15 @@ class FlexMDMSampler:
         return passes
 
     # ----------------------------------------------------------------------------- step parts
+    def _predict(self, st: _State, t: float, width: int):
+        """One forward pass; logits only at unmaskable slots when the model supports logits_mask."""
+        mask = None
+        if self.config.masked_logits and _accepts_logits_mask(self.model):
+            mask = editable_slots(st.lengths, st.pre, st.suf, width) & (
+                st.canvas[:, :width] == self._mask_id()
+            )
+        return predict(self.model, st.canvas, st.lengths, t, width, logits_mask=mask)
+
     def _unmask(
         self, st: _State, logits: Tensor, rand: RandomSource, hazard_dt: float | None, argmax: bool = False
     ) -> None:
@@ -420,3 +439,11 @@ class FlexMDMSampler:
     def with_options(self, **overrides: Any) -> FlexMDMSampler:
         """A copy with ``dataclasses.replace(self.config, **overrides)``."""
         return replace(self, config=replace(self.config, **overrides))
+
+
+def _accepts_logits_mask(model: Any) -> bool:
+    """Whether the model's forward takes a ``logits_mask`` argument (FlexMDMModel does)."""
+    try:
+        return "logits_mask" in inspect.signature(getattr(model, "forward", model)).parameters
+    except (TypeError, ValueError):
+        return False

@@ -185,7 +185,7 @@ class MDMSampler:
                 hi = lo + cfg.block_length
                 plan = reveal_schedule((x[:, lo:hi] == self._mask_id(cfg)).sum(-1), per_block)
                 for s in range(per_block):
-                    logits = self._logits(x, attn, prompt_mask, cfg)[:, lo:hi]  # [B, b, V]
+                    logits = self._logits(x, attn, prompt_mask, cfg, lo, hi)  # [B, b, V]
                     passes += 1
                     proposal, conf = self._propose(logits, cfg, generator)
                     block = x[:, lo:hi]
@@ -209,14 +209,17 @@ class MDMSampler:
         x[:, width_front : width_front + gen_length] = self._mask_id(cfg)
         return x.to(device), attn.to(device), width_front
 
-    def _logits(self, x: Tensor, attn: Tensor, prompt_mask: Tensor, cfg: MDMSamplerConfig) -> Tensor:
-        """Float32 logits [B, L, V]; with CFG one batched pass over (x, x with the prompt masked)."""
+    def _logits(
+        self, x: Tensor, attn: Tensor, prompt_mask: Tensor, cfg: MDMSamplerConfig, lo: int, hi: int
+    ) -> Tensor:
+        """Float32 logits of columns lo..hi-1 [B, hi - lo, V]; with CFG one batched pass over
+        (x, x with the prompt masked), combined as l_u + (w + 1)(l_c - l_u) (spec §4.9 step 1)."""
         if cfg.cfg_scale > 0:
             unconditional = x.masked_fill(prompt_mask, self._mask_id(cfg))
             both = self.model(input_ids=torch.cat([x, unconditional]), attention_mask=torch.cat([attn, attn]))
-            cond, uncond = both.logits.float().chunk(2, dim=0)
+            cond, uncond = both.logits[:, lo:hi].float().chunk(2, dim=0)
             return uncond + (cfg.cfg_scale + 1.0) * (cond - uncond)
-        return self.model(input_ids=x, attention_mask=attn).logits.float()
+        return self.model(input_ids=x, attention_mask=attn).logits[:, lo:hi].float()
 
     def _propose(self, logits: Tensor, cfg: MDMSamplerConfig, generator) -> tuple[Tensor, Tensor]:
         """x̂ = argmax(l + T·Gumbel) in float64 and its confidence, both [B, b] (spec §4.9 steps 2-3)."""

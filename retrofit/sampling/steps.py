@@ -99,7 +99,7 @@ class Prediction:
     """Model outputs on the columns in use.
 
     Attributes:
-        logits: [B, W, V] float32 token logits.
+        logits: [B, W, V] token logits in the model's dtype (cast to float32 where used).
         expected_gaps: [B, W + 1] float32 ĝ >= 0 (gap j is read at position j; spec §2.2).
     """
 
@@ -107,7 +107,9 @@ class Prediction:
     expected_gaps: Tensor
 
 
-def predict(model, canvas: Tensor, lengths: Tensor, t: float, width: int) -> Prediction:
+def predict(
+    model, canvas: Tensor, lengths: Tensor, t: float, width: int, logits_mask: Tensor | None = None
+) -> Prediction:
     """One forward pass on the first ``width`` columns (spec §4.1; the model appends the length slot).
 
     Args:
@@ -117,9 +119,12 @@ def predict(model, canvas: Tensor, lengths: Tensor, t: float, width: int) -> Pre
         lengths: [B] int64 number of real (left-aligned) slots n_b <= width.
         t: FlexMDM time in [0, 1] (spec §1.1).
         width: columns to run on (the longest row when trimming, else L).
+        logits_mask: optional [B, width] bool, passed on as ``logits_mask=`` to a model that then
+            returns logits [N, V] for those slots only (FlexMDMModel); they are scattered into a
+            [B, width, V] tensor that holds 0 elsewhere (the sampler reads only those slots).
 
     Returns:
-        Prediction with float32 tensors.
+        Prediction (logits in the model's dtype, expected_gaps float32 clamped >= 0).
 
     Raises:
         ValueError: the model's outputs have the wrong shapes.
@@ -128,14 +133,19 @@ def predict(model, canvas: Tensor, lengths: Tensor, t: float, width: int) -> Pre
     ids = canvas[:, :width]
     attention_mask = (torch.arange(width, device=canvas.device)[None, :] < lengths[:, None]).long()
     t_vec = torch.full((B,), float(t), device=canvas.device, dtype=torch.float32)
-    out = model(input_ids=ids, t=t_vec, attention_mask=attention_mask)
+    kwargs = {} if logits_mask is None else {"logits_mask": logits_mask}
+    out = model(input_ids=ids, t=t_vec, attention_mask=attention_mask, **kwargs)
     logits, gaps = out.logits, out.expected_gaps
+    if logits_mask is not None and logits.dim() == 2:
+        dense = logits.new_zeros(B, width, logits.shape[-1])
+        dense[logits_mask] = logits
+        logits = dense
     if logits.shape[:2] != (B, width) or tuple(gaps.shape) != (B, width + 1):
         raise ValueError(
             f"sampler: model returned logits {tuple(logits.shape)} / expected_gaps {tuple(gaps.shape)}; "
             f"expected [{B}, {width}, V] / [{B}, {width + 1}] (the model must append the length slot)"
         )
-    return Prediction(logits.float(), gaps.float().clamp_min(0.0))
+    return Prediction(logits, gaps.float().clamp_min(0.0))
 
 
 def editable_slots(lengths: Tensor, pre_len: Tensor, suf_len: Tensor, width: int) -> Tensor:
