@@ -89,6 +89,11 @@ def load_adapter_config(ckpt: Path, manifest: dict) -> dict:
         config = json.loads(path.read_text(encoding="utf-8"))
     elif manifest.get("lora"):
         config, path = dict(manifest["lora"]), ckpt / "retrofit_checkpoint.json"
+    elif (ckpt / "model.safetensors").is_file() or (ckpt / "model.safetensors.index.json").is_file():
+        raise CheckpointError(
+            f"{path}: not found: {ckpt} is a full-parameter checkpoint (no LoRA to merge); its config.json "
+            "and model*.safetensors already form a model folder that loads with AutoModel.from_pretrained"
+        )
     else:
         raise CheckpointError(f"{path}: not found, and the manifest has no 'lora' settings")
     if config.get("peft_type", "LORA") != "LORA":
