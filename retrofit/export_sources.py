@@ -167,7 +167,8 @@ def split_peft_state(
         if ab["A"].dim() != 2 or ab["B"].dim() != 2 or ab["B"].shape[1] != rank or rank == 0:
             raise CheckpointError(
                 f"{origin}: LoRA shapes of {module!r} are A{list(ab['A'].shape)} B{list(ab['B'].shape)}; "
-                "expected A [r, in] and B [out, r] with r > 0 (a ZeRO-3 adapter saved without gathering?)"
+                "expected A [r, in] and B [out, r] with r > 0 (a ZeRO-3 adapter saved without gathering? "
+                "then export from the shards: --source zero --trust-checkpoint)"
             )
         lora[module] = LoraDelta(ab["A"], ab["B"], lora_scaling(config, module, rank))
     return TrainedWeights(lora=lora, full=full, source=origin, adapter_config=config)
