@@ -127,10 +127,12 @@ class FlexMDMTrainer(Trainer):
         computed = _as_float(inputs.get("num_computed_tokens"), inputs["input_ids"].numel())
         x1_tokens = _as_float(inputs.get("num_x1_tokens"), computed)
         full = batch * self.full_row_tokens if self.full_row_tokens else computed
-        self.step_stats.add(
-            terms, x1_tokens, computed, full, scale=1.0 / self.current_gradient_accumulation_steps
-        )
-        self._step_lrs = {g.get("name", str(i)): g["lr"] for i, g in enumerate(self.optimizer.param_groups)}
+        accum = getattr(self, "current_gradient_accumulation_steps", 1)  # set by the training loop
+        self.step_stats.add(terms, x1_tokens, computed, full, scale=1.0 / accum)
+        if self.optimizer is not None:
+            self._step_lrs = {
+                g.get("name", str(i)): g["lr"] for i, g in enumerate(self.optimizer.param_groups)
+            }
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         """Evaluation: the same loss as training, no predictions (`prediction_loss_only`)."""
