@@ -178,6 +178,8 @@ def test_length_cap_keeps_what_fits_and_counts_drops():
     assert [len(g) for g in out.generated] == [5, 5] and bool((out.dropped_insertions > 0).all())
     with pytest.raises(ValueError, match="max_length=12"):
         sampler.sample([list(range(13))])
+    with pytest.raises(ValueError, match="no prompts"):
+        sampler.sample([])
 
 
 def test_reference_mode_and_forward_pass_counts():

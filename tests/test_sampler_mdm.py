@@ -58,6 +58,8 @@ def test_validation_errors_are_clear():
         MDMSamplerConfig(remasking="greedy")
     with pytest.raises(ValueError, match=">= 1"):
         MDMSamplerConfig(gen_length=0)
+    with pytest.raises(ValueError, match="no prompts"):
+        MDMSampler(FixedLogits(lambda ids: torch.zeros(*ids.shape, V))).sample([])
 
 
 def test_reveal_schedule_spec_vector():

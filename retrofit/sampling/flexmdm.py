@@ -250,6 +250,8 @@ class FlexMDMSampler:
 
     # ----------------------------------------------------------------------------- the run
     def _run(self, fronts, backs, caps, generator) -> SampleOutput:
+        if not fronts:
+            raise ValueError("sampler: no prompts given (pass prompts=None for unconditional samples)")
         cfg, mask_id = self.config, self._mask_id()
         st = self._initial_state(fronts, backs, caps)
         full = st.canvas.shape[1]

@@ -173,6 +173,8 @@ class MDMSampler:
 
     # ----------------------------------------------------------------------------- core
     def _generate(self, fronts, backs, cfg: MDMSamplerConfig, generator) -> SampleOutput:
+        if not fronts:
+            raise ValueError("MDMSampler: no prompts given")
         x, attn, region = self._canvas(fronts, backs, cfg.gen_length)
         prompt_mask = attn.bool().clone()
         prompt_mask[:, region : region + cfg.gen_length] = False
