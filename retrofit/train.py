@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import os
 import sys
 from pathlib import Path
@@ -36,7 +35,6 @@ __all__ = [
     "run_training",
 ]
 
-_LOG = logging.getLogger("retrofit.train")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -69,29 +67,31 @@ def run_training(recipe: Recipe) -> int:
     train_ds, eval_ds = build_datasets(recipe, tokenizer)
     collator = build_collator(recipe, model, tokenizer, args)
     resume = resolve_resume(args.resume_from_checkpoint, args.output_dir)
-    interrupt = InterruptCheckpoint(accelerator=None)
+    full_row_tokens = info.pop("full_row_tokens")
+    interrupt = InterruptCheckpoint() if args.save_on_interrupt else None
     trainer = FlexMDMTrainer(
         model=model,
         args=args,
         train_dataset=train_ds,
         eval_dataset=eval_ds,
         data_collator=collator,
-        callbacks=[interrupt],
+        eval_data_collator=build_collator(recipe, model, tokenizer, args) if eval_ds is not None else None,
+        callbacks=[interrupt] if interrupt else None,
         manifest_info=info,
-        full_row_tokens=info["full_row_tokens"],
+        full_row_tokens=full_row_tokens,
     )
-    info.pop("full_row_tokens")
-    interrupt.accelerator = trainer.accelerator
     if args.process_index == 0:
         print(f"[retrofit] {describe_parallelism(trainer)}", flush=True)
     if resume is not None:
         _restore_collator_position(collator, resume, args.gradient_accumulation_steps)
     trainer.train(resume_from_checkpoint=resume)
-    if interrupt.interrupted_at is not None:
-        _LOG.warning(
-            "interrupted: checkpoint-%d saved; rerun with resume_from_checkpoint=auto",
-            interrupt.interrupted_at,
-        )
+    if interrupt is not None and interrupt.interrupted_at is not None:
+        if args.process_index == 0:
+            print(
+                f"[retrofit] interrupted: checkpoint-{interrupt.interrupted_at} saved in {args.output_dir}; "
+                "rerun with training.resume_from_checkpoint=auto",
+                flush=True,
+            )
         return 0
     _save_final(trainer, recipe, tokenizer, base)
     return 0
@@ -234,14 +234,21 @@ def load_trainable(model: torch.nn.Module, checkpoint: str) -> None:
 
 
 def build_datasets(recipe: Recipe, tokenizer: Any) -> tuple[Any, Any]:
-    """Train (and optional eval) datasets from the recipe's specs (`retrofit.data.builder.build_mixture`)."""
+    """Train (and optional eval) datasets from the recipe's specs (`retrofit.data.builder.build_mixture`).
+
+    The eval set gets a fixed time per row (a `t` column the collators use instead of drawing).
+    """
     from retrofit.data.builder import build_mixture
 
     seed = recipe.training.data_seed if recipe.training.data_seed is not None else recipe.training.seed
     kw = {"max_length": recipe.data.max_length, "seed": seed}
     train, _ = build_mixture(recipe.data.train, tokenizer, strategy=recipe.data.mixture, **kw)
-    evalset = build_mixture(recipe.data.eval, tokenizer, **kw)[0] if recipe.data.eval else None
-    return train, evalset
+    if not recipe.data.eval:
+        return train, None
+    evalset = build_mixture(recipe.data.eval, tokenizer, **kw)[0]
+    # fixed times t_i = (1 - 1e-3) i / (N - 1) + 1e-3: comparable eval losses across steps (spec §5.2)
+    grid = (1 - 1e-3) * torch.linspace(0, 1, len(evalset), dtype=torch.float64) + 1e-3
+    return train, evalset.add_column("t", grid.tolist())
 
 
 def canvas_width(recipe: Recipe, tokenizer: Any) -> int:

@@ -162,7 +162,10 @@ def _steps(recipe: Any, global_batch: int) -> tuple[int | str, str]:
     if t.max_steps and t.max_steps > 0:
         return t.max_steps, "(training.max_steps)"
     if not all(_is_local(spec) for spec in recipe.data.train):
-        return "unknown", "(Hub sources are not counted in a dry run; set training.max_steps or RETROFIT_DATA_DIR)"
+        return (
+            "unknown",
+            "(Hub sources are not counted in a dry run; set training.max_steps or RETROFIT_DATA_DIR)",
+        )
     from retrofit.data.sources import load_source
 
     rows = sum(
@@ -170,7 +173,8 @@ def _steps(recipe: Any, global_batch: int) -> tuple[int | str, str]:
         for s in recipe.data.train
     )
     per_epoch = max(rows // global_batch, 1)
-    return math.ceil(t.num_train_epochs * per_epoch), f"({t.num_train_epochs:g} epochs x {per_epoch} steps; {rows} rows)"
+    steps = math.ceil(t.num_train_epochs * per_epoch)
+    return steps, f"({t.num_train_epochs:g} epochs x {per_epoch} steps; {rows} rows)"
 
 
 def _is_local(spec: dict[str, Any]) -> bool:

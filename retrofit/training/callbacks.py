@@ -89,8 +89,7 @@ class InterruptCheckpoint(TrainerCallback):
     training stops. Handlers are restored when training ends.
     """
 
-    def __init__(self, accelerator: Any) -> None:
-        self.accelerator = accelerator
+    def __init__(self) -> None:
         self.requested = 0
         self.interrupted_at: int | None = None
         self._previous: dict[int, Any] = {}
@@ -107,9 +106,9 @@ class InterruptCheckpoint(TrainerCallback):
         return control
 
     def on_step_end(self, args, state, control, **kwargs):
-        flag = torch.tensor([self.requested], dtype=torch.int64, device=self.accelerator.device)
-        if self.accelerator.num_processes > 1:
-            flag = self.accelerator.reduce(flag, reduction="sum")
+        flag = torch.tensor([self.requested], dtype=torch.int64, device=args.device)
+        if args.world_size > 1:  # every rank stops at the same step
+            torch.distributed.all_reduce(flag)
         if int(flag.item()) > 0:
             control.should_save = True
             control.should_training_stop = True

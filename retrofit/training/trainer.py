@@ -49,12 +49,20 @@ class FlexMDMTrainer(Trainer):
             `step` (kind, base_model, model_config, lora, recipe); None = no manifest (tests).
         full_row_tokens: tokens of one untrimmed row (canvas width + 1 length slot for FlexMDM,
             canvas width for MDM), the denominator of `computed_frac`.
+        eval_data_collator: collator of the eval set (own instance: evaluation must not advance
+            the training collator's time-band counter); None = the training collator.
     """
 
     def __init__(
-        self, *args: Any, manifest_info: dict | None = None, full_row_tokens: int = 0, **kwargs: Any
+        self,
+        *args: Any,
+        manifest_info: dict | None = None,
+        full_row_tokens: int = 0,
+        eval_data_collator: Any = None,
+        **kwargs: Any,
     ):
         super().__init__(*args, **kwargs)
+        self.eval_data_collator = eval_data_collator
         # Our loss is a per-micro-batch mean; let the Trainer divide by the accumulation steps.
         self.model_accepts_loss_kwargs = False
         self.loss_is_scaled_for_ga = False
@@ -133,6 +141,16 @@ class FlexMDMTrainer(Trainer):
             self._step_lrs = {
                 g.get("name", str(i)): g["lr"] for i, g in enumerate(self.optimizer.param_groups)
             }
+
+    def get_eval_dataloader(self, eval_dataset=None):
+        """The Trainer's eval loader, built with `eval_data_collator` when one is given."""
+        if self.eval_data_collator is None:
+            return super().get_eval_dataloader(eval_dataset)
+        train_collator, self.data_collator = self.data_collator, self.eval_data_collator
+        try:
+            return super().get_eval_dataloader(eval_dataset)
+        finally:
+            self.data_collator = train_collator
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         """Evaluation: the same loss as training, no predictions (`prediction_loss_only`)."""
