@@ -32,16 +32,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _fields_help() -> str:
-    from retrofit.training.recipe import SECTIONS
+    """Recipe fields and their documentation (training: our fields' help metadata)."""
+    from retrofit.training.args import RetrofitTrainingArguments
+    from retrofit.training.recipe import RETROFIT_FIELDS, SECTIONS
 
-    lines = ["recipe sections and fields (override as section.field=value):"]
+    lines = ["recipe fields (override any as section.field=value):"]
     for name, cls in SECTIONS.items():
-        own = [f for f in dataclasses.fields(cls) if f.init and not f.name.startswith("_")]
-        if name == "training":  # only our additions; every transformers.TrainingArguments field works too
-            own = [f for f in own if f.name in cls.__dataclass_fields__ and "help" in f.metadata][-12:]
-        lines.append(f"  {name}: " + ", ".join(f.name for f in own))
-    lines.append("  training: also every transformers.TrainingArguments field")
+        if cls is RetrofitTrainingArguments:
+            fields = {f.name: f.metadata.get("help", "") for f in dataclasses.fields(cls)}
+            docs = {k: fields[k] for k in RETROFIT_FIELDS}
+        else:
+            docs = _attribute_docs(cls)
+        lines += [f"  {name}.{key}: {text}" for key, text in docs.items()]
+    lines.append("  training.*: every other transformers.TrainingArguments field (max_steps, bf16, ...)")
     return "\n".join(lines)
+
+
+def _attribute_docs(cls: type) -> dict[str, str]:
+    """{field: first line of its doc} from the class docstring's `Attributes:` section."""
+    names = [f.name for f in dataclasses.fields(cls) if f.init]
+    docs: dict[str, str] = {}
+    for line in (cls.__doc__ or "").split("Attributes:")[-1].splitlines():
+        head, sep, text = line.strip().partition(": ")
+        keys = [k.strip() for k in head.split(",")]
+        if sep and all(k in names for k in keys):
+            docs.update(dict.fromkeys(keys, text.strip()))
+    return {k: docs.get(k, "") for k in names}
 
 
 def run(args: argparse.Namespace) -> int:
