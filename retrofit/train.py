@@ -325,7 +325,7 @@ def _save_final(trainer: Any, recipe: Recipe, tokenizer: Any, base: str) -> None
     """Save the last step as a checkpoint (if not saved yet); pretraining also writes `final/`."""
     step = trainer.state.global_step
     last = Path(recipe.training.output_dir) / f"checkpoint-{step}"
-    if step > 0 and not last.is_dir():
+    if step > 0 and not last.is_dir() and trainer.args.save_strategy != "no":
         trainer._save_checkpoint(trainer.model_wrapped, trial=None)
     if recipe.mode == "pretrain":
         save_llada_folder(trainer, tokenizer, Path(recipe.training.output_dir) / "final")
