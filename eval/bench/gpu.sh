@@ -9,7 +9,8 @@
 #      full-width / trimmed / banded / mdm, gradient checkpointing on, then off;
 #   2. the same with GSM8K-length x1 if $RETROFIT_DATA_DIR holds gsm8k/train.jsonl;
 #   3. the sampler benchmark (FlexMDM trimmed / full-length vs the LLaDA sampler, equal steps).
-# Reports x1 tokens/s/GPU, peak memory (torch.cuda.max_memory_allocated) and
+# Reports x1 tokens/s/GPU, peak memory per variant (its resident weights + optimizer state + the
+# transient peak of its step, from torch.cuda.max_memory_allocated; variants are interleaved) and
 #   MFU = 4 * (N_trunk * positions + N_head * logit_rows) / (step time * 989e12)
 # i.e. model FLOPs 2N (forward) + 2N (activation backward; the frozen base gets no weight
 # gradients under LoRA, so 4N instead of full fine-tuning's 6N) per position, N_trunk = block

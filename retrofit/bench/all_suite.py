@@ -1,11 +1,13 @@
 """`retrofit bench all`: the CPU benchmark suite of `make bench` (< 10 min on 2 cores).
 
 Runs, in order, writing ``<out>/<name>.json`` for each and a summary table at the end:
-  1. ``interpolant``: collator throughput, B = 64, L = 1024 (vs a GPU step's need);
-  2. ``sample-tiny``: FlexMDM trimmed / full-length vs the LLaDA sampler, tiny model;
+  1. ``interpolant``: collator throughput, B = 64, L = 1024, 1 thread (the collator runs in the
+     training process: the trainer's DataLoader has 0 workers), vs a GPU step's need;
+  2. ``sample-tiny``: FlexMDM trimmed / full-length vs the LLaDA sampler, tiny model, 1 thread
+     (tiny matmuls only lose to OpenMP synchronisation with more);
   3. ``train-step-100m-full512``: the ~100M-parameter shape cut to ``CPU_LAYERS`` blocks,
-     full-length x1 at L = 512, B = 4, G = 8 bands;
-  4. ``train-step-100m-gsm8k1024``: the same with GSM8K-length x1 in a 1024 canvas (skipped, with
+     full-length x1 at L = 512, B = 4, G = 4 bands, 2 timed optimizer steps;
+  4. ``train-step-100m-gsm8k1024``: GSM8K-length x1 in a 1024 canvas, B = 2, G = 4 (skipped, with
      a note, when RETROFIT_DATA_DIR does not hold GSM8K).
 
 The full 12-block `100m` numbers take ~30 min here: `retrofit bench train-step --size 100m ...`.
@@ -47,16 +49,28 @@ def cpu_suite(quick: bool = False) -> list[tuple[str, str, Any]]:
             ("train-step-tiny-full", "train-step", TrainStepOptions(canvas=64, lengths="full", **train)),
             ("train-step-tiny-gsm8k", "train-step", TrainStepOptions(canvas=256, lengths="gsm8k", **train)),
         ]
-    train = dict(size="100m", layers=CPU_LAYERS, batch=4, accum=8, warmup=1, repeats=2)
+    train = dict(size="100m", layers=CPU_LAYERS, accum=4, warmup=1, repeats=2)
     return [
-        ("interpolant", "interpolant", InterpolantOptions(batch=64, canvas=1024, warmup=2, repeats=10)),
+        (
+            "interpolant",
+            "interpolant",
+            InterpolantOptions(batch=64, canvas=1024, warmup=2, repeats=10, threads=1),
+        ),
         (
             "sample-tiny",
             "sample",
-            SampleOptions(size="tiny", prompts=8, prompt_length=32, max_length=256, steps=64),
+            SampleOptions(size="tiny", prompts=8, prompt_length=32, max_length=256, steps=64, threads=1),
         ),
-        ("train-step-100m-full512", "train-step", TrainStepOptions(canvas=512, lengths="full", **train)),
-        ("train-step-100m-gsm8k1024", "train-step", TrainStepOptions(canvas=1024, lengths="gsm8k", **train)),
+        (
+            "train-step-100m-full512",
+            "train-step",
+            TrainStepOptions(canvas=512, lengths="full", batch=4, **train),
+        ),
+        (
+            "train-step-100m-gsm8k1024",
+            "train-step",
+            TrainStepOptions(canvas=1024, lengths="gsm8k", batch=2, **train),
+        ),
     ]
 
 

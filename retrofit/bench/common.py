@@ -53,18 +53,20 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def time_once(fn: Callable[[], Any], device: torch.device) -> float:
+    """Wall time (s) of one ``fn()`` call, with the CUDA device synchronised before and after."""
+    _sync(device)
+    start = time.perf_counter()
+    fn()
+    _sync(device)
+    return time.perf_counter() - start
+
+
 def time_calls(fn: Callable[[int], Any], *, warmup: int, repeats: int, device: torch.device) -> list[float]:
     """Run `fn(i)` warmup + repeats times; return the wall times (s) of the timed calls."""
     for i in range(warmup):
         fn(i)
-    _sync(device)
-    times = []
-    for i in range(repeats):
-        start = time.perf_counter()
-        fn(warmup + i)
-        _sync(device)
-        times.append(time.perf_counter() - start)
-    return times
+    return [time_once(lambda i=i: fn(warmup + i), device) for i in range(repeats)]
 
 
 def _rss_bytes() -> int:
@@ -74,14 +76,22 @@ def _rss_bytes() -> int:
 
 @contextmanager
 def peak_memory(device: torch.device):
-    """Yield a dict that holds `peak_mib` after the block: CUDA max allocated, or CPU peak RSS
-    above the RSS at entry (sampled every 5 ms; approximate on CPU)."""
-    result: dict[str, float] = {}
+    """Yield a dict that holds, after the block, ``peak_mib`` and ``transient_mib`` (MiB).
+
+    CUDA: ``peak_mib`` = torch.cuda.max_memory_allocated during the block (everything resident
+    included), ``transient_mib`` = that minus the memory allocated at entry. CPU: both are the
+    peak RSS above the RSS at entry (sampled every 5 ms; approximate).
+    """
+    result: dict[str, Any] = {}
     if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        start = torch.cuda.memory_allocated(device)
         torch.cuda.reset_peak_memory_stats(device)
         yield result
-        result["peak_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
-        result["kind"] = "cuda max_memory_allocated"
+        peak = torch.cuda.max_memory_allocated(device)
+        result.update(
+            peak_mib=peak / 2**20, transient_mib=(peak - start) / 2**20, kind="cuda max_memory_allocated"
+        )
         return
     base, peak, stop = _rss_bytes(), [0], threading.Event()
 
@@ -97,8 +107,27 @@ def peak_memory(device: torch.device):
     finally:
         stop.set()
         thread.join()
-        result["peak_mib"] = max(peak[0] - base, 0) / 2**20
-        result["kind"] = "cpu rss above start (sampled)"
+        above = max(peak[0] - base, 0) / 2**20
+        result.update(peak_mib=above, transient_mib=above, kind="cpu rss above start (sampled)")
+
+
+def resident_mib(*objects: Any) -> float:
+    """MiB held by the parameters (and their .grad) of modules and the state of optimizers, each
+    storage counted once."""
+    seen, total = set(), 0
+    tensors: list[torch.Tensor] = []
+    for obj in objects:
+        if isinstance(obj, torch.nn.Module):
+            for p in obj.parameters():
+                tensors += [p] + ([p.grad] if p.grad is not None else [])
+        elif isinstance(obj, torch.optim.Optimizer):
+            tensors += [v for state in obj.state.values() for v in state.values() if torch.is_tensor(v)]
+    for t in tensors:
+        key = (t.untyped_storage().data_ptr(), t.device)
+        if key not in seen:
+            seen.add(key)
+            total += t.untyped_storage().nbytes()
+    return total / 2**20
 
 
 def release_memory(device: torch.device | str = "cpu") -> None:

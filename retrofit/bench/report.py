@@ -13,7 +13,7 @@ COLUMNS: dict[str, tuple[str, list[str]]] = {
         "variants",
         [
             "variant", "median_s", "spread_pct", "x1_tokens_per_s", "ratio_vs_full_width",
-            "computed_fraction", "closed_form_fraction", "expected_ratio", "peak_mib", "mfu",
+            "computed_fraction", "closed_form_fraction", "expected_ratio", "row_length_fraction", "peak_mib", "mfu",
         ],
     ),
     "sample": (

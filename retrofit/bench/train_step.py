@@ -1,8 +1,9 @@
 """Training-step benchmark: x1 tokens/s and peak memory of one optimizer step (issue #9).
 
 One timed call = one optimizer step = ``accum`` (G) micro-steps of forward + backward on
-``batch`` (B) sequences each, then AdamW (a warm-up call runs one micro-step and AdamW). LoRA on q/k/v + the LM head and the graft modules are
-trainable (`retrofit.training.lora.wrap_with_lora`, spec §2.8-2.9); every base weight is frozen.
+``batch`` (B) sequences each, then AdamW (a warm-up call runs one micro-step and AdamW). LoRA on
+q/k/v + the LM head and the graft modules are trainable (`retrofit.training.lora.wrap_with_lora`,
+spec §2.8-2.9); every base weight is frozen.
 Batches come from the real collators (`retrofit.training.collator`), built before timing.
 
 Variants (same x1 samples, same seeds):
@@ -14,6 +15,10 @@ Variants (same x1 samples, same seeds):
     t; one timed call cycles through all G bands, so its average is fair.
   * ``mdm``: the LLaDA baseline (LLaDA + LoRA, MDM loss, full width L; spec §3.6).
 
+All variants are built first, then timed round by round (one optimizer step of each in turn), so
+drifting load on a shared machine hits every variant alike. Memory per variant = resident
+(weights, optimizer state) + the transient peak of its step (activations, gradients).
+
 Token logits are computed only at the masked slots in every variant (the LM head is the costly
 part at small d_model), so the comparison isolates the canvas width.
 
@@ -23,7 +28,8 @@ part at small d_model), so the comparison isolates the canvas width.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
+from functools import partial
 from typing import Any
 
 import torch
@@ -34,14 +40,15 @@ from retrofit.bench.common import (
     machine_info,
     peak_memory,
     release_memory,
+    resident_mib,
     resolve_dtype,
     summarize,
-    time_calls,
+    time_once,
     torch_threads,
 )
-from retrofit.bench.configs import SIZES, build_llada, parameter_counts
-from retrofit.bench.lengths import LengthTable, gsm8k_length_table, make_features
-from retrofit.loss import flexmdm_loss, mdm_loss
+from retrofit.bench.configs import SIZES
+from retrofit.bench.lengths import LengthTable, gsm8k_length_table
+from retrofit.bench.train_setup import build_batches, build_model, micro_loss
 
 __all__ = ["VARIANTS", "TrainStepOptions", "run_train_step"]
 
@@ -98,167 +105,92 @@ class TrainStepOptions:
             raise ValueError(f"--size must be one of {sorted(SIZES)}, got {self.size!r}")
 
 
-def _collator(variant: str, opts: TrainStepOptions) -> Any:
-    from retrofit.training.collator import FlexMDMCollator, MDMCollator
+def _step_counts(steps: list[list[dict[str, Any]]], opts: TrainStepOptions) -> dict[str, float | None]:
+    """Per-optimizer-step means over the timed steps: x1 tokens, computed positions, logit rows.
 
-    s = SIZES[opts.size]
-    common = dict(mask_id=s.mask_id, pad_id=s.pad_id, canvas_width=opts.canvas, seed=opts.seed)
-    if variant == "mdm":
-        return MDMCollator(time_mode="uniform", **common)
-    return FlexMDMCollator(
-        insertion_schedule=opts.insertion_schedule,
-        unmasking_schedule="linear",
-        time_mode="banded" if variant == "banded" else "stratified",
-        grad_accum=opts.accum,
-        trim=variant != "full-width",
-        **common,
-    )
-
-
-def _batches(variant: str, opts: TrainStepOptions, table: LengthTable | None) -> list[list[dict[str, Any]]]:
-    """[step][micro-step] collated batches on the device; the x1 draws do not depend on the variant.
-
-    Warm-up steps hold one micro-batch (enough to allocate the optimizer state and warm caches);
-    timed steps hold G.
+    ``row_length_fraction`` = sum_b (n_b + 1) / B (L + 1): every row at its own length (perfect
+    packing), the floor trimming can approach (FlexMDM variants only).
     """
-    s, device = SIZES[opts.size], torch.device(opts.device)
-    gen = torch.Generator().manual_seed(opts.seed)
-    collate = _collator(variant, opts)
-    steps = []
-    for i in range(opts.warmup + opts.repeats):
-        micro = []
-        for k in range(1 if i < opts.warmup else opts.accum):  # a warm-up step is one micro-step
-            collate.calls = i * opts.accum + k  # micro-step k of optimizer step i (sets the band)
-            feats = make_features(
-                opts.lengths,
-                opts.batch,
-                opts.canvas,
-                vocab_limit=min(s.mask_id, s.pad_id),
-                table=table,
-                generator=gen,
-            )
-            micro.append({k: v.to(device) for k, v in collate(feats).items()})
-        steps.append(micro)
-    return steps
-
-
-def _model(variant: str, opts: TrainStepOptions) -> tuple[torch.nn.Module, dict[str, int]]:
-    """LoRA-wrapped FlexMDM (graft modules trainable) or LLaDA, trainable weights in fp32."""
-    from retrofit.models.flexmdm import FlexMDMModel
-    from retrofit.training.args import LoraRecipe
-    from retrofit.training.lora import cast_trainable, wrap_with_lora
-
-    dtype, device = resolve_dtype(opts.dtype), torch.device(opts.device)
-    llada = build_llada(opts.size, layers=opts.layers, device=device, dtype=dtype, seed=opts.seed)
-    counts = parameter_counts(llada)
-    model, to_save = llada, []
-    if variant != "mdm":
-        pad_attention = "full" if variant == "full-width" else "slots"
-        model = FlexMDMModel.from_llada(
-            llada, seed=opts.seed, canvas_width=opts.canvas, pad_attention=pad_attention
-        )
-        model = model.to(device=device, dtype=dtype)
-        to_save = model.new_module_names()
-    if opts.grad_ckpt:
-        _enable_checkpointing(model)
-    r = opts.lora_r or SIZES[opts.size].lora_r
-    model = wrap_with_lora(model, LoraRecipe(r=r, alpha=r), modules_to_save=to_save)
-    cast_trainable(model, torch.float32)
-    counts["trainable"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return model.train(), counts
-
-
-def _enable_checkpointing(model: torch.nn.Module) -> None:
-    """Non-reentrant activation checkpointing of every block (transformers 5.x name, else the old one)."""
-    kwargs = {"use_reentrant": False}
-    if hasattr(model, "activation_checkpointing_enable"):
-        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
-    else:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
-    blocks = model.get_base_model() if hasattr(model, "get_base_model") else model
-    if not any(getattr(m, "gradient_checkpointing", False) for m in blocks.modules()):
-        raise RuntimeError("--grad-ckpt on: no block was switched to gradient checkpointing")
-
-
-def _loss(
-    variant: str, model: torch.nn.Module, batch: dict[str, torch.Tensor], normalizer: float
-) -> torch.Tensor:
-    """Loss of one micro-batch; token logits only at the masked slots (spec §3.2, §3.6)."""
-    if variant == "mdm":
-        hidden = model(input_ids=batch["input_ids"], return_logits=False).last_hidden_state  # [B, L, D]
-        logits = model.get_base_model().compute_logits(hidden[batch["mask_slots"]])  # [N, V]
-        return mdm_loss(
-            logits,
-            batch["targets"],
-            batch["mask_prob"],
-            normalizer=normalizer,
-            mask_slots=batch["mask_slots"],
-        )
-    out = model(
-        input_ids=batch["input_ids"],
-        t=batch["t"],
-        attention_mask=batch["attention_mask"],
-        logits_mask=batch["mask_slots"],
-    )
-    loss = flexmdm_loss(
-        out.logits,
-        batch["targets"],
-        out.expected_gaps,
-        batch["gaps"],
-        batch["gap_mask"],
-        batch["weight_unmask"],
-        batch["weight_insert"],
-        normalizer=normalizer,
-        mask_slots=batch["mask_slots"],
-    )
-    return loss.total
-
-
-def _step_counts(steps: list[list[dict[str, Any]]], opts: TrainStepOptions) -> dict[str, float]:
-    """Per-optimizer-step means over the timed steps: x1 tokens, computed positions, logit rows."""
-    timed = steps[opts.warmup :]
+    batches = [b for s in steps[opts.warmup :] for b in s]
+    per_step = lambda values: sum(values) / opts.repeats  # noqa: E731
     full = opts.batch * (opts.canvas + 1) * opts.accum
-    x1 = sum(int(b["num_x1_tokens"]) for s in timed for b in s) / len(timed)
-    computed = sum(int(b["num_computed_tokens"]) for s in timed for b in s) / len(timed)
-    rows = sum(int(b["mask_slots"].sum()) for s in timed for b in s) / len(timed)
+    computed = per_step(int(b["num_computed_tokens"]) for b in batches)
+    own = [int(b["attention_mask"].sum()) + len(b["t"]) for b in batches if "attention_mask" in b]
     return {
-        "x1_tokens": x1,
+        "x1_tokens": per_step(int(b["num_x1_tokens"]) for b in batches),
         "computed_positions": computed,
-        "logit_rows": rows,
+        "logit_rows": per_step(int(b["mask_slots"].sum()) for b in batches),
         "computed_fraction": computed / full,
+        "row_length_fraction": per_step(own) / full if own else None,
     }
 
 
-def _time_steps(
-    variant: str, model: torch.nn.Module, steps: list, opts: TrainStepOptions
-) -> tuple[list, dict]:
-    """Warm-up and timed optimizer steps (AdamW over the trainable parameters); (times s, memory)."""
-    device, dtype = torch.device(opts.device), resolve_dtype(opts.dtype)
+@dataclass
+class _Run:
+    """One variant under test: its trainable model, AdamW, batches and measurements."""
+
+    variant: str
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    steps: list[list[dict[str, Any]]]
+    counts: dict[str, int]
+    times: list[float] = field(default_factory=list)
+    transient_mib: list[float] = field(default_factory=list)
+    memory_kind: str = ""
+
+
+def _build(variant: str, opts: TrainStepOptions, table: LengthTable | None) -> _Run:
+    steps = build_batches(variant, opts, table)
+    model, counts = build_model(variant, opts)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-
-    def optimizer_step(i: int) -> None:
-        for batch in steps[i]:
-            with autocast(device, dtype):
-                loss = _loss(variant, model, batch, float(opts.canvas)) / opts.accum
-            loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-    with peak_memory(device) as memory:
-        times = time_calls(optimizer_step, warmup=opts.warmup, repeats=opts.repeats, device=device)
-    return times, memory
+    return _Run(variant, model, optimizer, steps, counts)
 
 
-def run_variant(variant: str, opts: TrainStepOptions, table: LengthTable | None) -> dict[str, Any]:
-    """Build, warm up and time one variant; returns its result row (timings in seconds).
+def _optimizer_step(run: _Run, i: int, opts: TrainStepOptions) -> None:
+    """Optimizer step i of a run: its micro-steps (forward + backward, loss / G), then AdamW."""
+    device, dtype = torch.device(opts.device), resolve_dtype(opts.dtype)
+    for batch in run.steps[i]:
+        with autocast(device, dtype):
+            loss = micro_loss(run.variant, run.model, batch, float(opts.canvas)) / opts.accum
+        loss.backward()
+    run.optimizer.step()
+    run.optimizer.zero_grad(set_to_none=True)
 
-    Memory is released before the build, so each variant's peak starts from a clean state.
+
+def _measure(runs: list[_Run], opts: TrainStepOptions, log) -> None:
+    """Warm-up steps, then ``repeats`` rounds that time one optimizer step of every run in turn.
+
+    Interleaving the variants round by round spreads drifting machine load (a shared CPU) over all
+    of them instead of biasing whichever ran during a busy spell.
     """
-    release_memory(opts.device)
-    steps = _batches(variant, opts, table)
-    model, counts = _model(variant, opts)
-    times, memory = _time_steps(variant, model, steps, opts)
-    row = {"variant": variant, **summarize(times), **_step_counts(steps, opts), **memory, "params": counts}
+    device = torch.device(opts.device)
+    for i in range(opts.warmup):
+        for run in runs:
+            _optimizer_step(run, i, opts)
+    for i in range(opts.warmup, opts.warmup + opts.repeats):
+        for run in runs:
+            release_memory(device)  # so the step's transient memory is measured from a clean heap
+            with peak_memory(device) as memory:
+                run.times.append(time_once(partial(_optimizer_step, run, i, opts), device))
+            run.transient_mib.append(memory["transient_mib"])
+            run.memory_kind = memory["kind"]
+        log(
+            f"  round {i - opts.warmup + 1}/{opts.repeats}: "
+            + ", ".join(f"{r.variant} {r.times[-1]:.2f} s" for r in runs)
+        )
+
+
+def _row(run: _Run, opts: TrainStepOptions) -> dict[str, Any]:
+    """Result row of a measured run: timings (s), counts per optimizer step, memory (MiB)."""
+    resident = resident_mib(run.model, run.optimizer)
+    row = {"variant": run.variant, **summarize(run.times), **_step_counts(run.steps, opts)}
+    row.update(
+        resident_mib=resident,
+        transient_mib=max(run.transient_mib),
+        peak_mib=resident + max(run.transient_mib),
+        memory_kind=run.memory_kind,
+        params=run.counts,
+    )
     row["x1_tokens_per_s"] = row["x1_tokens"] / row["median_s"]
     row["computed_per_s"] = row["computed_positions"] / row["median_s"]
     return row
@@ -279,14 +211,15 @@ def run_train_step(opts: TrainStepOptions, log=print) -> dict[str, Any]:
     """
     opts.validate()
     table = gsm8k_length_table(opts.data_dir) if opts.lengths == "gsm8k" else None
-    rows = []
     with torch_threads(opts.threads):
         machine = machine_info(opts.device)
-        for variant in opts.variants:
-            start = time.perf_counter()
-            rows.append(run_variant(variant, opts, table))
-            elapsed = time.perf_counter() - start
-            log(f"  train-step {variant}: {rows[-1]['x1_tokens_per_s']:.1f} x1 tok/s ({elapsed:.0f} s)")
+        start = time.perf_counter()
+        runs = [_build(variant, opts, table) for variant in opts.variants]
+        log(f"  train-step: built {len(runs)} variants ({time.perf_counter() - start:.0f} s)")
+        _measure(runs, opts, log)
+    rows = [_row(run, opts) for run in runs]
+    del runs
+    release_memory(opts.device)
     base = next((r for r in rows if r["variant"] == "full-width"), None)
     for row in rows:
         row["ratio_vs_full_width"] = row["x1_tokens_per_s"] / base["x1_tokens_per_s"] if base else None
