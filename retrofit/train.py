@@ -150,12 +150,16 @@ def build_model(recipe: Recipe, base: str, tokenizer: Any) -> tuple[torch.nn.Mod
         (model on CPU, manifest info dict incl. "full_row_tokens").
     """
     from retrofit.models.loading import load_llada
-    from retrofit.training.lora import cast_trainable, wrap_with_lora
+    from retrofit.training.lora import wrap_with_lora
 
-    llada = load_llada(base, dtype=DTYPES[recipe.model.dtype]).train()
     width = canvas_width(recipe, tokenizer)
+    if base_model_type(base) == "flexmdm":  # a `retrofit graft` folder: the graft is already made
+        flex = _load_grafted(recipe, base)
+        model = _with_lora(recipe, flex, flex.new_module_names(), wrap_with_lora)
+        return _finish_model(recipe, model, "flexmdm", base, width)
+    llada = load_llada(base, dtype=DTYPES[recipe.model.dtype]).train()
     if recipe.mode == "pretrain":
-        model, kind, lora = llada, "llada", {}
+        model, kind = llada, "llada"
         model.requires_grad_(True)
     elif recipe.training.loss == "mdm":
         model, kind = _with_lora(recipe, llada, [], wrap_with_lora), "llada"
@@ -164,8 +168,15 @@ def build_model(recipe: Recipe, base: str, tokenizer: Any) -> tuple[torch.nn.Mod
 
         graft = _graft_kwargs(recipe, width)
         flex = FlexMDMModel.from_llada(llada, seed=recipe.training.seed, **graft)
-        width = flex.config.canvas_width
         model, kind = _with_lora(recipe, flex, flex.new_module_names(), wrap_with_lora), "flexmdm"
+    return _finish_model(recipe, model, kind, base, width)
+
+
+def _finish_model(recipe: Recipe, model, kind: str, base: str, width: int) -> tuple:
+    """Cast the trainable tensors and build the manifest info of :func:`build_model`."""
+    from retrofit.training.lora import cast_trainable
+
+    lora = {}
     if recipe.mode != "pretrain":
         lora = model.peft_config["default"].to_dict()
         cast_trainable(model, DTYPES[recipe.model.trainable_dtype])
@@ -179,6 +190,40 @@ def build_model(recipe: Recipe, base: str, tokenizer: Any) -> tuple[torch.nn.Mod
         "full_row_tokens": width + (1 if kind == "flexmdm" else 0),
     }
     return model, info
+
+
+def base_model_type(base: str) -> str | None:
+    """`model_type` of a local model folder's config.json (None if it has none)."""
+    config = Path(base) / "config.json"
+    return json.loads(config.read_text()).get("model_type") if config.is_file() else None
+
+
+def _load_grafted(recipe: Recipe, base: str) -> torch.nn.Module:
+    """Load a FlexMDM folder (`retrofit graft` output) as the base of a LoRA stage.
+
+    Raises:
+        ValueError: the recipe asks for something the folder cannot be (pretraining, the MDM
+            loss), or its `model.graft` / `objective` schedules contradict the folder's config.json.
+    """
+    from retrofit.models.flexmdm import FlexMDMModel
+    from retrofit.schedules import make_schedule
+
+    where = f"{Path(base) / 'config.json'} (model_type flexmdm)"
+    if recipe.mode == "pretrain" or recipe.training.loss != "flexmdm":
+        raise ValueError(f"model.base={base}: {where} needs mode: retrofit and training.loss: flexmdm")
+    flex = FlexMDMModel.from_pretrained(base, dtype=DTYPES[recipe.model.dtype]).train()
+    config = flex.config
+    for key, value in recipe.model.graft.items():
+        if getattr(config, key, value) != value:
+            raise ValueError(f"recipe model.graft.{key}={value!r} but {where} has {getattr(config, key)!r}")
+    for key in ("insertion_schedule", "unmasking_schedule"):
+        want = make_schedule(getattr(recipe.objective, key)).to_dict()
+        if make_schedule(getattr(config, key)).to_dict() != want:
+            raise ValueError(
+                f"recipe objective.{key}={want} but {where} was grafted with {getattr(config, key)}: "
+                f"the model records the schedules it is trained with; change one of them"
+            )
+    return flex
 
 
 def _graft_kwargs(recipe: Recipe, width: int) -> dict[str, Any]:
@@ -282,7 +327,9 @@ def build_collator(recipe: Recipe, model: torch.nn.Module, tokenizer: Any, args:
     return FlexMDMCollator(
         insertion_schedule=recipe.objective.insertion_schedule,
         unmasking_schedule=recipe.objective.unmasking_schedule,
-        canvas_width=config.canvas_width,
+        # The data's canvas (infilling: max_length + 2k); config.canvas_width only sets the
+        # length scale / normaliser, which later stages keep (spec §9.7).
+        canvas_width=canvas_width(recipe, tokenizer),
         time_mode=recipe.objective.time_sampling,
         trim=recipe.objective.trim,
         **common,

@@ -238,3 +238,22 @@ def test_mdm_baseline_recipe_trains_lora_and_evaluates(tiny_base, count_data, tm
     history = json.loads((out / "checkpoint-4" / "trainer_state.json").read_text())["log_history"]
     evals = [h["eval_loss"] for h in history if "eval_loss" in h]
     assert len(evals) == 2 and all(math.isfinite(v) and v > 0 for v in evals)
+
+
+def test_grafted_folder_as_base_equals_grafting_in_the_trainer(straight_run, tiny_base, count_data, tmp_path):
+    """`retrofit graft` output as model.base (the README's 8B workflow) trains exactly like grafting
+    inside the trainer with the same seed: the same logged losses while the two LR schedules
+    (5 vs 20 max steps) still agree (the first 3 steps)."""
+    from retrofit.graft import graft_checkpoint
+
+    grafted = graft_checkpoint(tiny_base, tmp_path / "graft", dtype=torch.float32, seed=0, canvas_width=64)
+    out = tmp_path / "g"
+    recipe = tiny_recipe(grafted, count_data, out, "training.max_steps=5", "training.save_steps=5")
+    assert run_training(recipe) == 0
+    assert losses(out / "checkpoint-5")[:3] == losses(straight_run / "checkpoint-20")[:3]
+    manifest = json.loads((out / "checkpoint-5" / "retrofit_checkpoint.json").read_text())
+    assert manifest["kind"] == "flexmdm" and Path(manifest["base_model"]["path"]) == Path(grafted).absolute()
+
+    bad = tiny_recipe(grafted, count_data, tmp_path / "bad", "objective.insertion_schedule=linear")
+    with pytest.raises(ValueError, match="objective.insertion_schedule"):
+        build_model(bad, str(grafted), tokenizer=None)

@@ -31,6 +31,8 @@ from typing import Any
 
 import datasets
 
+from retrofit.data.skip_dirs import SKIP_DIRS, STDLIB_EXCLUDE
+
 __all__ = [
     "HUB_DEFAULTS",
     "SKIP_DIRS",
@@ -55,9 +57,6 @@ SOURCE_FIELDS: dict[str, dict[str, str]] = {
 }
 """Default field names per short source name (spec keys a builder may override)."""
 
-SKIP_DIRS = frozenset({"site-packages", "dist-packages", "__pycache__", ".git", ".venv"})
-"""Folder names never searched by `read_code_files` (installed packages, caches, VCS)."""
-STDLIB_EXCLUDE = SKIP_DIRS | {"test", "tests"}
 
 _FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv", ".txt": "text"}
 _HUMANEVAL_LOCAL = "humaneval-infilling/HumanEval-SingleLineInfilling.jsonl.gz"

@@ -119,6 +119,7 @@ def build_plan(out: Path, sizes: DemoSizes, data_dir: Path, seed: int = 0) -> li
     )
     stages.append(Stage("pre-train base MDM", argv, base / "config.json", env, cached=True))
     flex_init = out / "flexmdm-init"
+    # canvas_width sets the length scale / loss normaliser; the infilling rows' canvas adds 2k.
     stages.append(Stage("graft", _retrofit(
         "graft", "--base", base, "--out", flex_init, "--canvas-width", sizes.canvas, "--dtype", "fp32",
         "--seed", seed, "--overwrite"), flex_init / "config.json"))  # fmt: skip
@@ -146,22 +147,27 @@ def demo_models(out: Path, base: Path) -> dict[str, Path]:
     return {"base MDM": base, "MDM fine-tune": out / "export-mdm", "FlexMDM": out / "export-flexmdm"}
 
 
+def _caps(sizes: DemoSizes) -> list[str]:
+    """Sampler caps: FlexMDM prompt + generation <= 2 canvases; LLaDA generates one canvas."""
+    return ["--max-length", str(2 * sizes.canvas), "--gen-length", str(sizes.canvas)]
+
+
 def eval_stages(out: Path, sizes: DemoSizes, base: Path, seed: int) -> list[Stage]:
     """GSM8K, HumanEval single-line infilling and length statistics for the three models."""
     stages = []
     for key, (name, folder) in zip(("base", "mdm", "flexmdm"), demo_models(out, base).items()):
         res = out / "eval" / key
         stages.append(Stage(f"eval gsm8k: {name}", _retrofit(
-            "eval", "gsm8k", folder, "--limit", sizes.gsm8k_limit, "--steps", sizes.steps,
+            "eval", "gsm8k", folder, "--limit", sizes.gsm8k_limit, "--steps", sizes.steps, *_caps(sizes),
             "--seed", seed, "--out", res / "gsm8k"), res / "gsm8k" / "results.json"))  # fmt: skip
         stages.append(Stage(f"eval infill: {name}", _retrofit(
             "eval", "humaneval-infill", folder, "--benchmark", "single-line", "--limit", sizes.infill_limit,
-            "--steps", sizes.steps, "--seed", seed, "--out", res / "humaneval"),
+            "--steps", sizes.steps, *_caps(sizes), "--seed", seed, "--out", res / "humaneval"),
             res / "humaneval" / "results.json"))  # fmt: skip
     length = out / "eval" / "length"
     stages.append(Stage("eval length (3 models)", _retrofit(
         "eval", "length", *demo_models(out, base).values(), "--data", "gsm8k",
-        "--num-samples", sizes.length_samples, "--steps", sizes.steps, "--seed", seed, "--out", length),
+        "--num-samples", sizes.length_samples, "--steps", sizes.steps, *_caps(sizes), "--seed", seed, "--out", length),
         length / "results.json"))  # fmt: skip
     return stages
 

@@ -49,18 +49,23 @@ def _param_count(folder: Path) -> str:
 def model_rows(out: Path, models: dict[str, Path]) -> list[list[str]]:
     """One row per model: name, params, GSM8K acc, pass@1, exact length, W1, mean/std length."""
     length = _load(out / "eval" / "length" / "results.json").get("metrics", {})
+
+    def length_metrics(folder: Path) -> dict:  # keys "<folder name>/<metric>"
+        prefix = f"{folder.name}/"
+        return {k[len(prefix) :]: v for k, v in length.items() if k.startswith(prefix)}
+
     rows = []
     for key, (name, folder) in zip(("base", "mdm", "flexmdm"), models.items()):
         gsm = _load(out / "eval" / key / "gsm8k" / "results.json")
         infill = _load(out / "eval" / key / "humaneval" / "results.json")
-        lm = length.get(str(folder)) or length.get(name) or length.get(folder.name) or {}
+        lm = length_metrics(folder)
         rows.append([
             name, _param_count(folder), _fmt(*_metric(gsm, "accuracy", "exact_match")),
             _fmt(*_metric(infill, "pass@1", "pass_at_1")), _fmt(*_metric(infill, "exact_length_rate")),
             _fmt(lm.get("wasserstein1"), digits=1),
             f"{_fmt(lm.get('mean'), digits=1)} / {_fmt(lm.get('std'), digits=1)}",
         ])  # fmt: skip
-    data = next(iter(length.values()), {}) if length else {}
+    data = length_metrics(next(iter(models.values())))
     rows.append(["GSM8K answers (data)", "", "", "", "", "0",
                  f"{_fmt(data.get('data_mean'), digits=1)} / {_fmt(data.get('data_std'), digits=1)}"])  # fmt: skip
     return rows

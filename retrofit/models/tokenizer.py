@@ -31,6 +31,8 @@ from pathlib import Path
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast
 
+from retrofit.data.skip_dirs import STDLIB_EXCLUDE
+
 BOS_TOKEN = "<|startoftext|>"
 EOS_TOKEN = "<|endoftext|>"  # also the pad token
 MASK_TOKEN = "<|mdm_mask|>"
@@ -94,8 +96,14 @@ def iter_texts(paths: Sequence[str | Path]) -> Iterator[str]:
         path = Path(raw)
         if not path.exists():
             raise FileNotFoundError(f"--train-on: {path} does not exist")
-        if path.is_dir():
-            files = sorted(p for p in path.rglob("*") if p.is_file() and p.name.endswith(TEXT_SUFFIXES))
+        if path.is_dir():  # installed packages, caches and test suites are not the corpus
+            files = sorted(
+                p
+                for p in path.rglob("*")
+                if p.is_file()
+                and p.name.endswith(TEXT_SUFFIXES)
+                and not STDLIB_EXCLUDE & set(p.relative_to(path).parts[:-1])
+            )
         elif path.name.endswith(TEXT_SUFFIXES):
             files = [path]
         else:
