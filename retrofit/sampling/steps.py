@@ -11,8 +11,7 @@ One sampler step at time t with step size dt is (spec §4.2 order):
 ``editable_slots`` / ``allowed_gaps`` are the protection rules (spec §1.5, §4.4): the prompt (or
 prefix and suffix) is never unmasked into and never receives insertions, so it stays bit-identical.
 
-All random numbers come from a :class:`RandomSource`, which can draw them at a fixed full width so
-that a run on trimmed canvases and a run on the full canvas consume the same random stream.
+All random numbers come from a :class:`~retrofit.sampling.draws.RandomSource` (re-exported here).
 
 Example::
 
@@ -25,6 +24,8 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+
+from retrofit.sampling.draws import RandomSource
 
 __all__ = [
     "CONFIDENCE_METHODS",
@@ -46,52 +47,6 @@ __all__ = [
 
 CONFIDENCE_METHODS = ("prob_diff", "top_prob", "entropy", "position", "random")
 """Confidence rules of spec §4.3 plus ``random`` (uniform choice of slots = plain ancestral)."""
-
-
-@dataclass
-class RandomSource:
-    """All random draws of one sampler run.
-
-    Draws happen on the generator's device (CPU when no generator is given) in float64 and are
-    then moved to the requested device, so a CPU generator gives the same numbers on any device.
-
-    Attributes:
-        generator: optional torch.Generator (None = torch's global RNG).
-        full_width: when set, every per-slot draw is made at ``full_width`` columns (``+ 1`` for
-            gaps) and sliced, so trimmed and untrimmed runs consume identical random streams.
-    """
-
-    generator: torch.Generator | None = None
-    full_width: int | None = None
-
-    def _gen_device(self) -> torch.device:
-        return self.generator.device if self.generator is not None else torch.device("cpu")
-
-    def uniform(self, batch: int, width: int, device: torch.device, extra: int = 0) -> Tensor:
-        """U[0, 1) float64 draws [batch, width] (drawn at [batch, full_width + extra] if set)."""
-        draw_width = width if self.full_width is None else self.full_width + extra
-        u = torch.rand((batch, draw_width), generator=self.generator, device=self._gen_device(),
-                       dtype=torch.float64)  # fmt: skip
-        return u[:, :width].to(device)
-
-    def poisson(self, rates: Tensor, extra: int = 0) -> Tensor:
-        """Poisson counts (int64, rates' shape and device) for finite rates >= 0.
-
-        For 2-D rates [B, W] with ``full_width`` set, rates are zero-padded to full_width + extra
-        columns before the draw (a zero rate always gives 0).
-
-        Raises:
-            ValueError: a rate is negative, NaN or infinite (the model returned a bad ĝ).
-        """
-        r = rates.detach().to(torch.float64)
-        if not bool(torch.isfinite(r).all()) or bool((r < 0).any()):
-            raise ValueError(
-                "sampler: Poisson rates must be finite and >= 0; check the model's expected_gaps"
-            )
-        if self.full_width is not None and r.dim() == 2:
-            r = torch.nn.functional.pad(r, (0, self.full_width + extra - r.shape[1]))
-        counts = torch.poisson(r.to(self._gen_device()), generator=self.generator)
-        return counts[..., : rates.shape[-1]].to(device=rates.device, dtype=torch.long)
 
 
 @dataclass
