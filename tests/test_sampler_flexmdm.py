@@ -154,10 +154,10 @@ def test_trimmed_run_equals_full_width_run(make_model):
 
 def test_masked_logits_path_gives_the_same_samples():
     """FlexMDMModel takes logits_mask: logits only at unmaskable slots give the same samples."""
-    from retrofit.sampling.flexmdm import _accepts_logits_mask
+    from retrofit.sampling.batch import accepts_argument
 
     model = _real_flexmdm()
-    assert _accepts_logits_mask(model) and not _accepts_logits_mask(Recorder(model))
+    assert accepts_argument(model, "logits_mask") and not accepts_argument(Recorder(model), "logits_mask")
     assert FlexMDMSamplerConfig.from_model(model).max_length == 40  # the model's canvas_width
     outs = []
     for masked in (True, False):

@@ -21,7 +21,6 @@ Example::
 
 from __future__ import annotations
 
-import inspect
 import math
 from dataclasses import dataclass, fields, replace
 from typing import Any
@@ -29,6 +28,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from retrofit.sampling.batch import accepts_argument, model_device, progress, repeat_rows
 from retrofit.sampling.steps import (
     CONFIDENCE_METHODS,
     RandomSource,
@@ -84,8 +84,10 @@ class FlexMDMSamplerConfig:
         pad_id: pad id; None = model.config.pad_token_id.
         trim: run the model on the longest current row only. None = on unless
             model.config.pad_attention == "full" (then outputs depend on the canvas width).
-        draw_at_full_width: draw every per-slot random number at the full canvas width, so
-            trimmed and untrimmed runs give identical samples for a seed.
+        draw_at_full_width: draw every per-slot random number at the full canvas width (and
+            Poisson counts by inverse CDF), so trimmed and untrimmed runs give identical samples
+            for a seed, except where two confidences (or a CDF boundary) lie within float
+            rounding of each other; such a near-tie changes only its own row.
         masked_logits: compute token logits only at the slots that can be unmasked, when the
             model's forward takes ``logits_mask`` (FlexMDMModel); saves the LM head elsewhere.
         trace: record the canvas after every step (SampleOutput.trace).
@@ -211,7 +213,7 @@ class FlexMDMSampler:
         Raises:
             ValueError: a prompt is longer than max_length, or num_samples < 1.
         """
-        rows = self._repeat([[]] if prompts is None else prompts, num_samples)
+        rows = repeat_rows([[]] if prompts is None else prompts, num_samples)
         cap = self.config.max_length
         too_long = [len(p) for p in rows if len(p) > cap]
         if too_long:
@@ -244,7 +246,7 @@ class FlexMDMSampler:
         """
         if len(prefixes) != len(suffixes):
             raise ValueError(f"infill: {len(prefixes)} prefixes but {len(suffixes)} suffixes")
-        pre, suf = self._repeat(prefixes, num_samples), self._repeat(suffixes, num_samples)
+        pre, suf = repeat_rows(prefixes, num_samples), repeat_rows(suffixes, num_samples)
         caps = [len(p) + len(s) + self.config.max_middle for p, s in zip(pre, suf)]
         return self._run(pre, suf, caps, generator)
 
@@ -263,7 +265,7 @@ class FlexMDMSampler:
         regular = steps - 1 if cfg.reference else steps
         passes = 0
         with torch.no_grad():
-            for i in self._progress(range(regular)):
+            for i in progress(range(regular), cfg.progress, "flexmdm sampling", "step"):
                 self._step(st, i * dt, dt, rand)
                 passes += 1
                 if trace is not None:
@@ -313,7 +315,7 @@ class FlexMDMSampler:
     def _predict(self, st: _State, t: float, width: int):
         """One forward pass; logits only at unmaskable slots when the model supports logits_mask."""
         mask = None
-        if self.config.masked_logits and _accepts_logits_mask(self.model):
+        if self.config.masked_logits and accepts_argument(self.model, "logits_mask"):
             mask = editable_slots(st.lengths, st.pre, st.suf, width) & (
                 st.canvas[:, :width] == self._mask_id()
             )
@@ -351,7 +353,7 @@ class FlexMDMSampler:
 
     # ----------------------------------------------------------------------------- helpers
     def _initial_state(self, fronts, backs, caps) -> _State:
-        device = self._device()
+        device = model_device(self.model)
         full = max(max(caps), 1)
         rows = [torch.tensor(f + b, dtype=torch.long) for f, b in zip(fronts, backs)]
         canvas = torch.full((len(rows), full), self._pad_id(), dtype=torch.long)
@@ -373,12 +375,6 @@ class FlexMDMSampler:
         seqs = [canvas[b, : int(lengths[b])].tolist() for b in range(canvas.shape[0])]
         gen = [s[int(pre[b]) : len(s) - int(suf[b])] for b, s in enumerate(seqs)]
         return SampleOutput(seqs, gen, lengths, pre, suf, st.dropped.cpu(), passes, trace)
-
-    @staticmethod
-    def _repeat(rows: list[list[int]], num_samples: int) -> list[list[int]]:
-        if num_samples < 1:
-            raise ValueError(f"num_samples must be >= 1, got {num_samples}")
-        return [[int(x) for x in row] for row in rows for _ in range(num_samples)]
 
     def _width(self, st: _State) -> int:
         trim = self.config.trim
@@ -425,27 +421,6 @@ class FlexMDMSampler:
         banned[torch.tensor([i for i in ids if 0 <= i < vocab], dtype=torch.long, device=device)] = True
         return banned
 
-    def _device(self) -> torch.device:
-        try:
-            return next(self.model.parameters()).device
-        except (AttributeError, StopIteration, TypeError):
-            return torch.device(getattr(self.model, "device", "cpu"))
-
-    def _progress(self, iterable):
-        if not self.config.progress:
-            return iterable
-        from tqdm.auto import tqdm
-
-        return tqdm(iterable, desc="flexmdm sampling", unit="step")
-
     def with_options(self, **overrides: Any) -> FlexMDMSampler:
         """A copy with ``dataclasses.replace(self.config, **overrides)``."""
         return replace(self, config=replace(self.config, **overrides))
-
-
-def _accepts_logits_mask(model: Any) -> bool:
-    """Whether the model's forward takes a ``logits_mask`` argument (FlexMDMModel does)."""
-    try:
-        return "logits_mask" in inspect.signature(getattr(model, "forward", model)).parameters
-    except (TypeError, ValueError):
-        return False

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from retrofit.sampling.batch import model_device, progress, repeat_rows
 from retrofit.sampling.steps import select_top_k
 from retrofit.sampling.trace import SampleOutput
 
@@ -138,7 +139,7 @@ class MDMSampler:
         Returns:
             SampleOutput; ``generated`` is cut at the first EOS when stop_at_eos.
         """
-        rows = _repeat(prompts, num_samples)
+        rows = repeat_rows(prompts, num_samples)
         return self._generate(rows, [[] for _ in rows], self.config, generator)
 
     def infill(
@@ -162,7 +163,7 @@ class MDMSampler:
         """
         if len(prefixes) != len(suffixes):
             raise ValueError(f"infill: {len(prefixes)} prefixes but {len(suffixes)} suffixes")
-        pre, suf = _repeat(prefixes, num_samples), _repeat(suffixes, num_samples)
+        pre, suf = repeat_rows(prefixes, num_samples), repeat_rows(suffixes, num_samples)
         if middle_length is None:
             ids = self._fim_ids()
             prompts = [ids["instruction"] + ids["<prefix>"] + p + ids["</prefix>"] + ids["<suffix>"] + s
@@ -182,7 +183,7 @@ class MDMSampler:
         per_block = cfg.steps // blocks
         passes = 0
         with torch.no_grad():
-            for k in self._progress(range(blocks), cfg):
+            for k in progress(range(blocks), cfg.progress, "llada blocks", "block"):
                 lo = region + k * cfg.block_length
                 hi = lo + cfg.block_length
                 plan = reveal_schedule((x[:, lo:hi] == self._mask_id(cfg)).sum(-1), per_block)
@@ -197,7 +198,7 @@ class MDMSampler:
 
     def _canvas(self, fronts, backs, gen_length) -> tuple[Tensor, Tensor, int]:
         """[pad… front | M×G | back …pad] [B, L] and its attention mask; returns (x, attn, region)."""
-        cfg, device = self.config, self._device()
+        cfg, device = self.config, model_device(self.model)
         width_front, width_back = max(map(len, fronts)), max(map(len, backs))
         L = width_front + gen_length + width_back
         x = torch.full((len(fronts), L), self._pad_id(cfg), dtype=torch.long)
@@ -302,7 +303,7 @@ class MDMSampler:
             eot = self.tokenizer.get_vocab().get("<|eot_id|>")
         if eot is not None:
             ids.append(int(eot))
-        return torch.tensor(ids, dtype=torch.long, device=self._device())
+        return torch.tensor(ids, dtype=torch.long, device=model_device(self.model))
 
     def _fim_ids(self) -> dict[str, list[int]]:
         if self.tokenizer is None:
@@ -310,23 +311,3 @@ class MDMSampler:
         from retrofit.data.infill_format import fim_ids
 
         return fim_ids(self.tokenizer)
-
-    def _device(self) -> torch.device:
-        try:
-            return next(self.model.parameters()).device
-        except (AttributeError, StopIteration, TypeError):
-            return torch.device(getattr(self.model, "device", "cpu"))
-
-    @staticmethod
-    def _progress(iterable, cfg: MDMSamplerConfig):
-        if not cfg.progress:
-            return iterable
-        from tqdm.auto import tqdm
-
-        return tqdm(iterable, desc="llada blocks", unit="block")
-
-
-def _repeat(rows: list[list[int]], num_samples: int) -> list[list[int]]:
-    if num_samples < 1:
-        raise ValueError(f"num_samples must be >= 1, got {num_samples}")
-    return [[int(x) for x in row] for row in rows for _ in range(num_samples)]
