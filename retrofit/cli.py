@@ -17,7 +17,10 @@ VERBS: dict[str, tuple[str, str]] = {
     "tiny-llada": ("tiny_llada", "write a tiny random LLaDA checkpoint in the official layout"),
     "verify-llada": ("verify_llada", "check that a LLaDA checkpoint loads natively; print tokenizer facts"),
     "graft": ("graft", "graft time conditioning + length head onto a LLaDA checkpoint -> FlexMDM"),
-    "train": ("train", "fine-tune from a YAML recipe on one process (accelerate launch -m retrofit.train for many)"),
+    "train": (
+        "train",
+        "fine-tune from a YAML recipe on one process (accelerate launch -m retrofit.train for many)",
+    ),
     "export": ("export", "training checkpoint -> merged, verified safetensors folder"),
     "inspect": ("inspect", "say what a checkpoint folder is and what is wrong with it"),
     "generate": ("generate", "sample from a FlexMDM or LLaDA folder"),

@@ -29,8 +29,8 @@ class DemoSizes:
     heads: int = 4
     vocab: int = 4096
     canvas: int = 384
-    pretrain_steps: int = 600
-    finetune_steps: int = 400
+    pretrain_steps: int = 250
+    finetune_steps: int = 150
     gsm8k_limit: int = 32
     infill_limit: int = 32
     length_samples: int = 64

@@ -230,11 +230,9 @@ class FlexMDMModel(PreTrainedModel):
         """Present so peft's `task_type="CAUSAL_LM"` wrapper accepts the model; never used.
 
         Raises:
-            NotImplementedError: always: sample with `retrofit.sampling`, not `generate()`.
+            TypeError: always: sample with `retrofit.sampling`, not `generate()`.
         """
-        raise NotImplementedError(
-            "FlexMDM is not autoregressive: sample with retrofit.sampling, not generate()"
-        )
+        raise TypeError("FlexMDM is not autoregressive: sample with retrofit.sampling, not generate()")
 
     def new_module_names(self) -> list[str]:
         """Names of the modules the graft adds, for peft `modules_to_save` (spec §2.9)."""

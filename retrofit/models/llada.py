@@ -152,7 +152,9 @@ class LLaDAConfig(PretrainedConfig):
                     f"retrofit's native LLaDA needs {key}={supported!r}."
                 )
         if self.d_model % self.n_heads:
-            raise ValueError(f"config.json: d_model={self.d_model} is not divisible by n_heads={self.n_heads}")
+            raise ValueError(
+                f"config.json: d_model={self.d_model} is not divisible by n_heads={self.n_heads}"
+            )
         if self.n_heads % self.n_kv_heads:
             raise ValueError(
                 f"config.json: n_heads={self.n_heads} is not a multiple of n_kv_heads={self.n_kv_heads}"
@@ -359,7 +361,9 @@ class LLaDAModelLM(PreTrainedModel):
         tr = self.model.transformer
         B, L = input_ids.shape
         if block_modulation is not None and len(block_modulation) != len(tr.blocks):
-            raise ValueError(f"block_modulation has {len(block_modulation)} entries for {len(tr.blocks)} blocks")
+            raise ValueError(
+                f"block_modulation has {len(block_modulation)} entries for {len(tr.blocks)} blocks"
+            )
         x = tr.wte(input_ids)  # [B, L, D]
         head_dim = self.config.d_model // self.config.n_heads
         cos, sin = rope_cos_sin(L, head_dim, self.config.rope_theta, device=x.device)  # [L, hd]
