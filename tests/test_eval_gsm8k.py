@@ -22,7 +22,8 @@ SAMPLE_FIELDS = {"index", "question", "prompt", "generation", "extracted", "gold
 @pytest.fixture(scope="module")
 def flex_generator(tiny_flexmdm_dir) -> TextGenerator:
     model, tokenizer, kind = load_model_dir(tiny_flexmdm_dir, device="cpu")
-    sampler = make_sampler(model, tokenizer, kind, steps=2, temperature=1.0)  # sampled: seeds matter
+    # max_length: byte-tokenized GSM8K prompts (~600 tokens) exceed the tiny canvas (the default cap)
+    sampler = make_sampler(model, tokenizer, kind, steps=2, temperature=1.0, max_length=1024)  # sampled
     return TextGenerator(sampler, tokenizer, kind, batch_size=3)
 
 
