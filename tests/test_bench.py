@@ -102,8 +102,14 @@ def test_train_step_cli_all_variants(tmp_path):
     for r in rows.values():
         assert r["median_s"] > 0 and r["repeats"] == 1 and r["x1_tokens"] == B * L * G
         assert r["x1_tokens_per_s"] > 0 and r["peak_mib"] >= 0 and r["mfu"] is None  # no MFU on CPU
-        assert r["params"]["trainable"] > 0
+        assert r["params"]["trainable"] > 0 and r["cpu_median_s"] > 0
+        assert r["resident_mib"] > 0 and r["peak_mib"] == pytest.approx(
+            r["resident_mib"] + r["transient_mib"]
+        )
     assert rows["full-width"]["computed_fraction"] == 1.0 and rows["full-width"]["ratio_vs_full_width"] == 1.0
+    assert rows["full-width"]["cpu_ratio_vs_full_width"] == 1.0 and rows["mdm"]["row_length_fraction"] is None
+    # full-length x1, no prompt: n_b = l q(t) on average, so rows are shorter than the canvas
+    assert 0 < rows["trimmed"]["row_length_fraction"] <= rows["trimmed"]["computed_fraction"]
     assert rows["full-width"]["closed_form_fraction"] == 1.0
     assert rows["mdm"]["computed_fraction"] == pytest.approx(L / (L + 1))
     for name in ("trimmed", "banded"):

@@ -12,7 +12,8 @@ COLUMNS: dict[str, tuple[str, list[str]]] = {
     "train-step": (
         "variants",
         [
-            "variant", "median_s", "spread_pct", "x1_tokens_per_s", "ratio_vs_full_width",
+            "variant", "median_s", "spread_pct", "x1_tokens_per_s", "ratio_vs_full_width", "cpu_median_s",
+            "cpu_ratio_vs_full_width",
             "computed_fraction", "closed_form_fraction", "expected_ratio", "row_length_fraction", "peak_mib", "mfu",
         ],
     ),
@@ -43,6 +44,11 @@ def print_payload(payload: dict[str, Any], log=print) -> None:
     rows_key, columns = COLUMNS[payload["benchmark"]]
     log(headline(payload))
     log(format_table(payload[rows_key], columns))
+    if payload["benchmark"] == "train-step":
+        p = payload["variants"][0]["params"]
+        trainable = ", ".join(f"{r['variant']} {r['params']['trainable']:,}" for r in payload["variants"])
+        log(f"parameters: {p['total']:,} (trunk {p['trunk']:,}, embedding {p['embedding']:,}, "
+            f"LM head {p['lm_head']:,}); trainable: {trainable}")  # fmt: skip
     if "x1_lengths" in payload:
         log(f"x1 lengths: {payload['x1_lengths']}")
     if "ratios" in payload:

@@ -16,7 +16,8 @@ Variants (same x1 samples, same seeds):
   * ``mdm``: the LLaDA baseline (LLaDA + LoRA, MDM loss, full width L; spec §3.6).
 
 All variants are built first, then timed round by round (one optimizer step of each in turn), so
-drifting load on a shared machine hits every variant alike. Memory per variant = resident
+drifting load on a shared machine hits every variant alike; the process CPU time of each step is
+recorded too (with ``--threads 1`` it hardly depends on other processes, unlike wall time). Memory per variant = resident
 (weights, optimizer state) + the transient peak of its step (activations, gradients).
 
 Token logits are computed only at the masked slots in every variant (the LM head is the costly
@@ -135,6 +136,7 @@ class _Run:
     steps: list[list[dict[str, Any]]]
     counts: dict[str, int]
     times: list[float] = field(default_factory=list)
+    cpu_times: list[float] = field(default_factory=list)
     transient_mib: list[float] = field(default_factory=list)
     memory_kind: str = ""
 
@@ -170,8 +172,10 @@ def _measure(runs: list[_Run], opts: TrainStepOptions, log) -> None:
     for i in range(opts.warmup, opts.warmup + opts.repeats):
         for run in runs:
             release_memory(device)  # so the step's transient memory is measured from a clean heap
+            cpu_start = time.process_time()
             with peak_memory(device) as memory:
                 run.times.append(time_once(partial(_optimizer_step, run, i, opts), device))
+            run.cpu_times.append(time.process_time() - cpu_start)
             run.transient_mib.append(memory["transient_mib"])
             run.memory_kind = memory["kind"]
         log(
@@ -191,7 +195,9 @@ def _row(run: _Run, opts: TrainStepOptions) -> dict[str, Any]:
         memory_kind=run.memory_kind,
         params=run.counts,
     )
+    row["cpu_median_s"] = summarize(run.cpu_times)["median_s"]
     row["x1_tokens_per_s"] = row["x1_tokens"] / row["median_s"]
+    row["x1_tokens_per_cpu_s"] = row["x1_tokens"] / row["cpu_median_s"]
     row["computed_per_s"] = row["computed_positions"] / row["median_s"]
     return row
 
@@ -223,6 +229,9 @@ def run_train_step(opts: TrainStepOptions, log=print) -> dict[str, Any]:
     base = next((r for r in rows if r["variant"] == "full-width"), None)
     for row in rows:
         row["ratio_vs_full_width"] = row["x1_tokens_per_s"] / base["x1_tokens_per_s"] if base else None
+        row["cpu_ratio_vs_full_width"] = (
+            row["x1_tokens_per_cpu_s"] / base["x1_tokens_per_cpu_s"] if base else None
+        )
         row["mfu"] = _mfu(row, opts) if torch.device(opts.device).type == "cuda" else None
         if row["variant"] != "mdm":
             row["closed_form_fraction"] = expected_computed_fraction(
@@ -245,6 +254,8 @@ def run_train_step(opts: TrainStepOptions, log=print) -> dict[str, Any]:
         "notes": [
             "token logits only at the masked slots in every variant",
             "x1_tokens_per_s = real x1 tokens per optimizer step / median step time",
+            "cpu_* = process CPU time (user + sys, all threads) instead of wall time: on a shared CPU with "
+            "--threads 1 it is far less sensitive to other processes than wall time (meaningless on GPU)",
             "computed_fraction = positions fed to the trunk (B*(w+1) per micro-batch) / B*(L+1)",
             "expected_ratio = 1 / closed_form_fraction (cost proportional to positions; attention and "
             "optimizer overheads make the measured ratio lower)",
