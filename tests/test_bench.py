@@ -69,6 +69,10 @@ def test_closed_form_matches_the_collator():
     measured = sum(computed) / (n * B * (L + 1))
     closed = expected_computed_fraction(batch=B, canvas=L, time_mode="banded", grad_accum=G)
     assert closed == pytest.approx(measured, abs=0.05)
+    # the training module's quadrature (prompt-free only) agrees within this module's Monte Carlo error
+    from retrofit.training.trim_cost import expected_computed_fraction as quadrature
+
+    assert closed == pytest.approx(quadrature("geometric", [L], L, "banded", B, 1, G), abs=0.005)
     assert expected_computed_fraction(batch=B, canvas=L, trim=False) == 1.0
     # banding narrows each micro-batch's t range, so it computes fewer positions than stratified
     stratified = expected_computed_fraction(batch=B, canvas=L, time_mode="stratified", grad_accum=G)

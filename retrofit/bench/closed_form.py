@@ -14,7 +14,10 @@ exactly (binomial CDFs). This is averaged over ``draws`` micro-batch draws of th
 time sampler (`retrofit.training.collator.TimeSampler`: stratified, banded or uniform; banded
 draws cycle through all G bands) and of the x1 lengths.
 
-    >>> expected_computed_fraction(batch=4, canvas=512, time_mode="banded", grad_accum=8)
+    >>> expected_computed_fraction(batch=4, canvas=512, time_mode="banded", grad_accum=8, table=table)
+
+`retrofit.training.trim_cost` computes the prompt-free case by quadrature (exact, faster); this
+module exists for x1 with a protected prompt (GSM8K-shaped lengths), which it does not cover.
 """
 
 from __future__ import annotations

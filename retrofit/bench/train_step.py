@@ -202,6 +202,31 @@ def _row(run: _Run, opts: TrainStepOptions) -> dict[str, Any]:
     return row
 
 
+def _closed_form(variant: str, opts: TrainStepOptions, table: LengthTable | None) -> float:
+    """Expected computed fraction of a FlexMDM variant (1 for full-width).
+
+    Prompt-free x1 (``--lengths full``): the training module's exact quadrature
+    (`retrofit.training.trim_cost`); GSM8K lengths with a protected prompt:
+    `retrofit.bench.closed_form` (binomial max over the prompt-shifted rows).
+    """
+    if variant == "full-width":
+        return 1.0
+    mode = "banded" if variant == "banded" else "stratified"
+    if table is None:
+        from retrofit.training.trim_cost import expected_computed_fraction as exact
+
+        return exact(opts.insertion_schedule, [opts.canvas], opts.canvas, mode, opts.batch, 1, opts.accum)
+    return expected_computed_fraction(
+        batch=opts.batch,
+        canvas=opts.canvas,
+        time_mode=mode,
+        grad_accum=opts.accum,
+        table=table,
+        insertion_schedule=opts.insertion_schedule,
+        seed=opts.seed,
+    )
+
+
 def _mfu(row: dict[str, Any], opts: TrainStepOptions) -> float:
     """4 · (N_trunk · positions + N_head · logit rows) / (t · 989 TFLOP/s): frozen base + LoRA (spec §2.9)."""
     p = row["params"]
@@ -234,16 +259,7 @@ def run_train_step(opts: TrainStepOptions, log=print) -> dict[str, Any]:
         )
         row["mfu"] = _mfu(row, opts) if torch.device(opts.device).type == "cuda" else None
         if row["variant"] != "mdm":
-            row["closed_form_fraction"] = expected_computed_fraction(
-                batch=opts.batch,
-                canvas=opts.canvas,
-                time_mode="banded" if row["variant"] == "banded" else "stratified",
-                grad_accum=opts.accum,
-                trim=row["variant"] != "full-width",
-                table=table,
-                insertion_schedule=opts.insertion_schedule,
-                seed=opts.seed,
-            )
+            row["closed_form_fraction"] = _closed_form(row["variant"], opts, table)
             row["expected_ratio"] = 1.0 / row["closed_form_fraction"]
     return {
         "benchmark": "train-step",
