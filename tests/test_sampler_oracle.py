@@ -257,7 +257,9 @@ def test_final_fill_samples_where_argmax_would_bias():
     slow = {"name": "geometric", "min": 10.0, "max": 5.0}
     freqs = {}
     for fill in ("sample", "argmax"):
-        config = FlexMDMSamplerConfig(steps=20, max_length=CAP, fill=fill, unmasking_schedule=slow)
+        config = FlexMDMSamplerConfig(
+            steps=20, max_length=CAP, fill=fill, unmasking_schedule=slow, confidence="random"
+        )
         out = FlexMDMSampler(MixtureOracle(), config).sample(None, 4000, torch.Generator().manual_seed(1))
         toks = np.concatenate([np.asarray(g, dtype=np.int64) for g in out.generated])
         freqs[fill] = np.bincount(toks, minlength=CONTENT) / len(toks)
@@ -266,13 +268,13 @@ def test_final_fill_samples_where_argmax_would_bias():
 
 
 def test_infill_middle_length_law_and_protection():
-    """Infilling with the oracle: prefix/suffix of different lengths per problem, the middle's
-    length law equals the same propagated chain (chi-square p > 1e-3, 10 000 rows, S = 50) and
-    every prefix and suffix is bit-identical."""
+    """Infilling with the oracle (random = ancestral slot choice): prefix/suffix of different
+    lengths per problem, the middle's length law equals the same propagated chain (chi-square
+    p > 1e-3, 10 000 rows, S = 50) and every prefix and suffix is bit-identical."""
     prefixes, suffixes, k = [[0, 1, 2], [3]], [[3, 3], [1, 0, 2, 2]], 5000
     pre = torch.tensor([len(p) for p in prefixes]).repeat_interleave(k)
     suf = torch.tensor([len(s) for s in suffixes]).repeat_interleave(k)
-    config = FlexMDMSamplerConfig(steps=50, max_middle=CAP)
+    config = FlexMDMSamplerConfig(steps=50, max_middle=CAP, confidence="random")
     out = FlexMDMSampler(MixtureOracle(pre, suf), config).infill(
         prefixes, suffixes, k, torch.Generator().manual_seed(2)
     )
