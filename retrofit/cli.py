@@ -2,13 +2,15 @@
 
 Usage: `retrofit VERB --help`. Verbs are imported lazily so that `retrofit env` or
 `retrofit inspect` start in well under a second, without importing deepspeed, peft or lm-eval.
-Each verb module exposes `add_arguments(parser)` and `run(args) -> int`.
+Each verb module exposes `add_arguments(parser)` and `run(args) -> int`. An exception from a verb
+is printed as one error line (exit 1); `RETROFIT_DEBUG=1` shows the traceback instead.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 # verb -> (module under retrofit.commands, one-line help)
@@ -56,7 +58,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog=f"retrofit {verb}", description=VERBS[verb][1])
     module.add_arguments(parser)
     args = parser.parse_args(rest)
-    return int(module.run(args) or 0)
+    try:
+        return int(module.run(args) or 0)
+    except KeyboardInterrupt:
+        print(f"retrofit {verb}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:  # user-facing errors: one paragraph, traceback on request
+        if os.environ.get("RETROFIT_DEBUG", "0") not in ("0", ""):
+            raise
+        print(f"retrofit {verb}: error: {type(err).__name__}: {err}", file=sys.stderr)
+        print("(set RETROFIT_DEBUG=1 to see the traceback)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

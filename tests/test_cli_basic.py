@@ -68,3 +68,14 @@ def test_tiny_llada_then_verify_llada(tmp_path, capsys):
     (out / "config.json").write_text(json.dumps({**cfg, "alibi": True}))
     assert main(["verify-llada", str(out), "--no-remote-code"]) == 1
     assert "alibi=True is not supported" in capsys.readouterr().out
+
+
+def test_verb_errors_are_one_paragraph_and_debug_shows_the_traceback(tmp_path, monkeypatch):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("mode: retrofit\nmodel: {base: x}\ndata: {train: [{format: sft, source: gsm8k}]}\n")
+    proc = _run("train", "--dry-run", str(recipe), "training.max_stpes=3")
+    assert proc.returncode == 1
+    assert "retrofit train: error: RecipeError:" in proc.stderr and "did you mean 'max_steps'" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    monkeypatch.setenv("RETROFIT_DEBUG", "1")
+    assert "Traceback" in _run("train", "--dry-run", str(recipe), "training.max_stpes=3").stderr
