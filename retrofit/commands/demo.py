@@ -29,7 +29,12 @@ def run(args: argparse.Namespace) -> int:
     sizes = SMOKE if args.smoke else FULL
     reset_outputs(out)
     data_dir = ensure_data_dir((args.data_dir or default_data_dir()).resolve(), out)
-    env = {**os.environ, "RETROFIT_DATA_DIR": str(data_dir), "TOKENIZERS_PARALLELISM": "false"}
+    env = {
+        **os.environ,
+        "RETROFIT_DATA_DIR": str(data_dir),
+        "TOKENIZERS_PARALLELISM": "false",
+        "PYTHONUNBUFFERED": "1",
+    }
     stages = build_plan(out, sizes, data_dir, seed=args.seed)
     try:
         timings = run_plan(stages, out, env, echo=not args.quiet)
