@@ -158,3 +158,15 @@ def test_load_gsm8k_falls_back_to_hub(monkeypatch):
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
     assert load_gsm8k("train") == [{"question": "q", "answer": "a\n#### 1"}]
     assert calls == [("openai/gsm8k", "main", "train")]
+
+
+def test_load_gsm8k_offline_error_says_how_to_fix_it(monkeypatch):
+    import datasets
+
+    def offline(path, name, split):
+        raise ConnectionError("Couldn't reach 'openai/gsm8k' on the Hub (OfflineModeIsEnabled)")
+
+    monkeypatch.delenv("RETROFIT_DATA_DIR", raising=False)
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    with pytest.raises(ConnectionError, match="RETROFIT_DATA_DIR .* gsm8k/test.jsonl"):
+        load_gsm8k("test")

@@ -179,12 +179,20 @@ def load_gsm8k(split: str, data_dir: str | os.PathLike | None = None) -> list[di
 
     Raises:
         FileNotFoundError: if a data dir is given but the split file is missing.
+        ConnectionError: no data dir and the Hub is unreachable (the message says how to fix it).
     """
     data_dir = data_dir if data_dir is not None else os.environ.get("RETROFIT_DATA_DIR") or None
     if data_dir is None:
         import datasets  # lazy: heavy import, only needed without local data
 
-        ds = datasets.load_dataset("openai/gsm8k", "main", split=split)
+        try:
+            ds = datasets.load_dataset("openai/gsm8k", "main", split=split)
+        except (ConnectionError, OSError) as err:  # offline / Hub unreachable
+            raise ConnectionError(
+                f"could not download GSM8K ({split}) from the Hub dataset openai/gsm8k ({err}); "
+                "without network, set RETROFIT_DATA_DIR (or --data-dir) to a folder holding "
+                f"gsm8k/{split}.jsonl"
+            ) from err
         return [{"question": r["question"], "answer": r["answer"]} for r in ds]
     path = Path(data_dir) / "gsm8k" / f"{split}.jsonl"
     if not path.is_file():
