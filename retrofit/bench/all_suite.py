@@ -6,7 +6,8 @@ Runs, in order, writing ``<out>/<name>.json`` for each and a summary table at th
   2. ``sample-tiny``: FlexMDM trimmed / full-length vs the LLaDA sampler, tiny model, 1 thread
      (tiny matmuls only lose to OpenMP synchronisation with more);
   3. ``train-step-100m-full512``: the ~100M-parameter shape cut to ``CPU_LAYERS`` blocks,
-     full-length x1 at L = 512, B = 4, G = 4 bands, 2 timed optimizer steps;
+     full-length x1 at L = 512, B = 4, G = 4 bands, 2 timed optimizer steps, 1 thread (read the
+     CPU-time ratios: they hardly depend on other processes);
   4. ``train-step-100m-gsm8k1024``: GSM8K-length x1 in a 1024 canvas, B = 2, G = 4 (skipped, with
      a note, when RETROFIT_DATA_DIR does not hold GSM8K).
 
@@ -49,7 +50,7 @@ def cpu_suite(quick: bool = False) -> list[tuple[str, str, Any]]:
             ("train-step-tiny-full", "train-step", TrainStepOptions(canvas=64, lengths="full", **train)),
             ("train-step-tiny-gsm8k", "train-step", TrainStepOptions(canvas=256, lengths="gsm8k", **train)),
         ]
-    train = dict(size="100m", layers=CPU_LAYERS, accum=4, warmup=1, repeats=2)
+    train = dict(size="100m", layers=CPU_LAYERS, accum=4, warmup=1, repeats=2, threads=1)
     return [
         (
             "interpolant",

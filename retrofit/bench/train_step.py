@@ -273,8 +273,9 @@ def run_train_step(opts: TrainStepOptions, log=print) -> dict[str, Any]:
             "cpu_* = process CPU time (user + sys, all threads) instead of wall time: on a shared CPU with "
             "--threads 1 it is far less sensitive to other processes than wall time (meaningless on GPU)",
             "computed_fraction = positions fed to the trunk (B*(w+1) per micro-batch) / B*(L+1)",
-            "expected_ratio = 1 / closed_form_fraction (cost proportional to positions; attention and "
-            "optimizer overheads make the measured ratio lower)",
+            "expected_ratio = 1 / closed_form_fraction, the speed-up if cost were proportional to positions: "
+            "quadratic attention pushes the measured ratio above it, the fixed LM-head (masked slots) and "
+            "optimizer costs below",
             "mfu = 4*(N_trunk*positions + N_head*logit_rows)/(t*989e12): forward 2N + activation-backward 2N "
             "(frozen base + LoRA, no weight grads), H100/H200 bf16 dense peak; attention scores excluded",
         ],
