@@ -31,9 +31,9 @@ class DemoSizes:
     canvas: int = 384
     pretrain_steps: int = 250
     finetune_steps: int = 150
-    gsm8k_limit: int = 32
-    infill_limit: int = 32
-    length_samples: int = 64
+    gsm8k_limit: int = 16
+    infill_limit: int = 16
+    length_samples: int = 32
     steps: int = 64  # sampler steps for every evaluation
     processes: int = 2
 
