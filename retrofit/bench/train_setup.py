@@ -61,7 +61,7 @@ def build_batches(
                 table=table,
                 generator=gen,
             )
-            micro.append({k: v.to(device) for k, v in collate(feats).items()})
+            micro.append({name: value.to(device) for name, value in collate(feats).items()})
         steps.append(micro)
     return steps
 
