@@ -17,7 +17,7 @@
 # parameters, LM head only at the masked slots; 989 TFLOP/s = H100/H200 bf16 dense peak;
 # attention-score FLOPs are not counted. JSON per run in OUT_DIR.
 #
-# Knobs (env): LAYERS=8 CANVAS=1024 BATCH=4 ACCUM=4 REPEATS=5 STEPS=128 PYTHON=python.
+# Knobs (env): LAYERS=8 CANVAS=1024 BATCH=4 ACCUM=4 REPEATS=5 STEPS=64 PYTHON=python.
 # Dry run without a GPU: DEVICE=cpu SIZE=tiny DTYPE=fp32 CANVAS=64 STEPS=8 bash eval/bench/gpu.sh
 set -euo pipefail
 
@@ -32,7 +32,7 @@ CANVAS=${CANVAS:-1024}
 BATCH=${BATCH:-4}
 ACCUM=${ACCUM:-4}
 REPEATS=${REPEATS:-5}
-STEPS=${STEPS:-128}
+STEPS=${STEPS:-64}
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"   # run from the checkout; never pip install
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
 
