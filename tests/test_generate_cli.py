@@ -76,3 +76,17 @@ def test_generate_requires_a_prompt(tiny_llada_dir):
     with pytest.raises(SystemExit) as e:
         main(["generate", str(tiny_llada_dir)])
     assert e.value.code == 2
+
+
+def test_truncated_shard_is_named_before_loading(tiny_flexmdm_dir, tmp_path):
+    import shutil
+
+    from retrofit.models.loading import CheckpointError
+    from retrofit.sampling.load import load_model
+
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_flexmdm_dir, broken)
+    shard = sorted(broken.glob("*.safetensors"))[0]
+    shard.write_bytes(shard.read_bytes()[:40])
+    with pytest.raises(CheckpointError, match=f"{shard.name} is not a readable safetensors file"):
+        load_model(broken, device="cpu")

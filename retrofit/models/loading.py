@@ -106,8 +106,12 @@ def weight_files(path: str | Path, trust_bin: bool = False) -> dict[str, Path]:
                 raise FileNotFoundError(f"{path / shard} is missing (listed in {index_path}); re-download it")
         return {name: path / shard for name, shard in weight_map.items()}
     if (path / SINGLE_FILE).is_file():
-        with safe_open(path / SINGLE_FILE, framework="pt") as fh:
-            return dict.fromkeys(fh.keys(), path / SINGLE_FILE)
+        single = path / SINGLE_FILE
+        try:
+            with safe_open(single, framework="pt") as fh:
+                return dict.fromkeys(fh.keys(), single)
+        except (SafetensorError, OSError) as e:
+            raise CheckpointError(f"{single} is not a readable safetensors file ({e}); re-download it") from e
     if any(path.glob("*.bin")):
         if trust_bin:
             return {}

@@ -59,12 +59,14 @@ def load_model(
         (model, tokenizer, kind); tokenizer is None when the folder has no tokenizer files.
 
     Raises:
-        FileNotFoundError: the folder has no config.json.
+        FileNotFoundError: the folder has no config.json, or a weight shard is missing.
+        CheckpointError: a shard is truncated / unreadable (the message names it).
         ValueError: config.json has another model_type, or a bad dtype.
     """
     from transformers import AutoModel, AutoTokenizer
 
     import retrofit.models  # noqa: F401  (registers "llada" and "flexmdm" with the Auto classes)
+    from retrofit.models.loading import read_shapes, weight_files
 
     folder = Path(model_dir).expanduser()
     config_path = folder / "config.json"
@@ -77,6 +79,8 @@ def load_model(
         raise ValueError(
             f"{config_path}: model_type {kind!r} is not one of {KINDS}; pick a FlexMDM or LLaDA folder"
         )
+    # Same shard check as load_llada / graft / inspect: a missing or truncated shard is named.
+    read_shapes(weight_files(folder))
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = AutoModel.from_pretrained(str(folder), dtype=resolve_dtype(dtype, device), use_safetensors=True)
     tokenizer = None
