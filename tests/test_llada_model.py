@@ -183,3 +183,16 @@ def test_bf16_forward_runs_and_tracks_fp32():
     assert out.dtype == torch.bfloat16 and out.shape == (2, 8, 128)
     assert torch.isfinite(out).all()
     assert (out.float() - ref).abs().max() < 0.05 * ref.abs().max()
+
+
+def test_logits_mask_selects_rows_of_the_full_logits() -> None:
+    model = make_model().eval()
+    ids = torch.randint(0, model.config.vocab_size, (3, 9), generator=torch.Generator().manual_seed(1))
+    select = torch.rand(3, 9, generator=torch.Generator().manual_seed(2)) < 0.4
+    with torch.no_grad():
+        full = model(ids).logits
+        part = model(ids, logits_mask=select).logits
+    assert part.shape == (int(select.sum()), full.shape[-1])
+    torch.testing.assert_close(part, full[select], atol=1e-6, rtol=0)
+    with pytest.raises(ValueError, match="logits_mask has shape"):
+        model(ids, logits_mask=select[:, :5])

@@ -29,9 +29,9 @@ class DemoSizes:
     heads: int = 4
     vocab: int = 4096
     canvas: int = 384
-    pretrain_steps: int = 250
-    finetune_steps: int = 150
-    gsm8k_limit: int = 16
+    pretrain_steps: int = 150
+    finetune_steps: int = 300
+    gsm8k_limit: int = 8
     infill_limit: int = 16
     length_samples: int = 32
     steps: int = 64  # sampler steps for every evaluation
@@ -147,9 +147,10 @@ def demo_models(out: Path, base: Path) -> dict[str, Path]:
     return {"base MDM": base, "MDM fine-tune": out / "export-mdm", "FlexMDM": out / "export-flexmdm"}
 
 
-def _caps(sizes: DemoSizes) -> list[str]:
-    """Sampler caps: FlexMDM prompt + generation <= 2 canvases; LLaDA generates one canvas."""
-    return ["--max-length", str(2 * sizes.canvas), "--gen-length", str(sizes.canvas)]
+def _caps(sizes: DemoSizes, llada_budget: bool = True) -> list[str]:
+    """Sampler caps: FlexMDM prompt + generation <= 2 canvases; LLaDA generates one canvas
+    (infilling keeps the eval's own LLaDA middle budget, 64 tokens for single lines)."""
+    return ["--max-length", str(2 * sizes.canvas)] + (["--gen-length", str(sizes.canvas)] if llada_budget else [])
 
 
 def eval_stages(out: Path, sizes: DemoSizes, base: Path, seed: int) -> list[Stage]:
@@ -162,7 +163,7 @@ def eval_stages(out: Path, sizes: DemoSizes, base: Path, seed: int) -> list[Stag
             "--seed", seed, "--out", res / "gsm8k"), res / "gsm8k" / "results.json"))  # fmt: skip
         stages.append(Stage(f"eval infill: {name}", _retrofit(
             "eval", "humaneval-infill", folder, "--benchmark", "single-line", "--limit", sizes.infill_limit,
-            "--steps", sizes.steps, *_caps(sizes), "--seed", seed, "--out", res / "humaneval"),
+            "--steps", sizes.steps, *_caps(sizes, llada_budget=False), "--seed", seed, "--out", res / "humaneval"),
             res / "humaneval" / "results.json"))  # fmt: skip
     length = out / "eval" / "length"
     stages.append(Stage("eval length (3 models)", _retrofit(

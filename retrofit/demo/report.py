@@ -35,6 +35,13 @@ def _fmt(value: float | None, stderr: float | None = None, digits: int = 3) -> s
     return text
 
 
+def _number(text: str) -> float | None:
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
 def _param_count(folder: Path) -> str:
     from safetensors import safe_open
 
@@ -71,6 +78,28 @@ def model_rows(out: Path, models: dict[str, Path]) -> list[list[str]]:
     return rows
 
 
+def length_verdict(w1: dict[str, float | None]) -> str:
+    """One sentence comparing the FlexMDM's length W1 with the two fixed-length models' (issue #8).
+
+    Args:
+        w1: model name -> Wasserstein-1 distance (tokens) of its response lengths to the data's,
+            with keys "base MDM", "MDM fine-tune", "FlexMDM"; None where the eval is missing.
+
+    Returns:
+        "Length: ..." stating plainly whether the FlexMDM is closer to the data than both.
+    """
+    flex, others = w1.get("FlexMDM"), {k: v for k, v in w1.items() if k != "FlexMDM"}
+    if flex is None or any(v is None for v in others.values()):
+        return "Length: not every model has a length result; no comparison."
+    listed = ", ".join(f"{name} {value:.1f}" for name, value in others.items())
+    if all(flex < v for v in others.values()):
+        return f"Length: the FlexMDM is closest to the data's lengths (W1 {flex:.1f} tokens vs {listed})."
+    return (
+        f"Length: the FlexMDM is NOT closer to the data's lengths than both fixed-length models at this "
+        f"budget (W1 {flex:.1f} tokens vs {listed})."
+    )
+
+
 def markdown_table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     return "\n".join(lines + ["| " + " | ".join(map(str, r)) + " |" for r in rows])
@@ -81,10 +110,13 @@ def write_report(out: Path, timings: list[dict], models: dict[str, Path], wall_s
     stage_rows = [[t["name"], "cached" if t["cached"] else f"{t['seconds']:.1f}"] for t in timings]
     header = ["model", "params", "GSM8K acc", "infill pass@1", "infill exact length",
               "length W1 vs data", "length mean / std"]  # fmt: skip
+    rows = model_rows(out, models)
+    w1 = {row[0]: _number(row[5]) for row in rows[:-1]}
     text = "\n\n".join([
         f"# retrofit demo results{' (smoke run: minimal steps)' if smoke else ''}",
         f"Total wall time: {wall_s / 60:.1f} min.",
-        "## Models\n\n" + markdown_table(header, model_rows(out, models)),
+        "## Models\n\n" + markdown_table(header, rows),
+        length_verdict(w1),
         NOTE,
         "Length histogram: `eval/length/` (PNG).",
         "## Stages\n\n" + markdown_table(["stage", "seconds"], stage_rows),

@@ -342,6 +342,7 @@ class LLaDAModelLM(PreTrainedModel):
         block_modulation: Sequence[tuple[torch.Tensor, torch.Tensor] | None] | None = None,
         return_logits: bool = True,
         return_dict: bool = True,
+        logits_mask: torch.Tensor | None = None,
         **kwargs,
     ) -> LLaDAOutput:
         """Bidirectional forward pass.
@@ -354,9 +355,16 @@ class LLaDAModelLM(PreTrainedModel):
             block_modulation: optional, one `(scale, shift)` pair ([B, D] each) or None per block,
                 applied after attn_norm and ff_norm (FlexMDM AdaLN, spec §2.5).
             return_logits: set False to skip the LM head (FlexMDM computes logits only where needed).
+            logits_mask: optional [B, L] bool; logits are then computed only there, as [N, V_emb]
+                in row-major order (`logits_mask.nonzero()`): the MDM loss needs only the masked
+                positions, and the LM head is a large part of a small model's cost.
 
         Returns:
-            LLaDAOutput with logits [B, L, V_emb], last_hidden_state [B, L, D], hidden_states.
+            LLaDAOutput with logits [B, L, V_emb] (or [N, V_emb] with `logits_mask`),
+            last_hidden_state [B, L, D], hidden_states.
+
+        Raises:
+            ValueError: block_modulation of the wrong length, or a logits_mask not of shape [B, L].
         """
         tr = self.model.transformer
         B, L = input_ids.shape
@@ -380,7 +388,14 @@ class LLaDAModelLM(PreTrainedModel):
         x = tr.ln_f(x)
         if output_hidden_states:
             hidden_states.append(x)
-        logits = self.compute_logits(x) if return_logits else None
+        if not return_logits:
+            logits = None
+        elif logits_mask is None:
+            logits = self.compute_logits(x)
+        elif tuple(logits_mask.shape) != (B, L):
+            raise ValueError(f"logits_mask has shape {tuple(logits_mask.shape)}, expected {(B, L)}")
+        else:
+            logits = self.compute_logits(x[logits_mask.bool()])  # [N, V]
         return LLaDAOutput(
             logits=logits,
             hidden_states=tuple(hidden_states) if output_hidden_states else None,

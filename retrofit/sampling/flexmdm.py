@@ -218,7 +218,8 @@ class FlexMDMSampler:
         too_long = [len(p) for p in rows if len(p) > cap]
         if too_long:
             raise ValueError(
-                f"sample: a prompt has {too_long[0]} tokens > max_length={cap}; raise max_length"
+                f"sample: a prompt has {too_long[0]} tokens > max_length={cap}; raise "
+                "FlexMDMSamplerConfig.max_length (CLI: --max-length)"
             )
         return self._run(rows, [[] for _ in rows], [cap] * len(rows), generator)
 

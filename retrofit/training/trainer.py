@@ -122,11 +122,17 @@ class FlexMDMTrainer(Trainer):
     def _mdm_loss(self, model, inputs):
         # 1. Batch from MDMCollator: x_t [B, L] (response positions masked with prob p),
         #    targets [B, L] (-100 off the masked positions), mask_prob p [B].
-        # 2. Forward over the fixed-width canvas -> logits [B, L, V].
-        outputs = model(**{k: inputs[k] for k in _MODEL_KEYS if k in inputs})
+        # 2. Forward over the fixed-width canvas; token logits only at the N masked positions
+        #    -> [N, V] (the loss is zero elsewhere, so this is exact and skips most of the LM head).
+        mask_slots = inputs["mask_slots"].bool()  # [B, L]
+        outputs = model(**{k: inputs[k] for k in _MODEL_KEYS if k in inputs}, logits_mask=mask_slots)
         # 3. sum_{masked} CE / p, divided by B * loss_normalizer (spec §3.6).
         loss = mdm_loss(
-            outputs.logits, inputs["targets"], inputs["mask_prob"], normalizer=self.args.loss_normalizer
+            outputs.logits,
+            inputs["targets"],
+            inputs["mask_prob"],
+            normalizer=self.args.loss_normalizer,
+            mask_slots=mask_slots,
         )
         return loss, {"unmask_loss": loss}, outputs
 
