@@ -32,9 +32,11 @@ class DemoSizes:
     pretrain_steps: int = 150
     finetune_steps: int = 300
     gsm8k_limit: int = 8
-    infill_limit: int = 16
-    length_samples: int = 32
+    infill_limit: int = 10
+    length_samples: int = 24
     steps: int = 64  # sampler steps for every evaluation
+    llada_gen: int = 256  # LLaDA baselines: generated tokens, decoded semi-autoregressively in
+    llada_block: int = 32  # blocks of this size (LLaDA's recommended setting; steps % blocks == 0)
     processes: int = 2
 
 
@@ -148,9 +150,11 @@ def demo_models(out: Path, base: Path) -> dict[str, Path]:
 
 
 def _caps(sizes: DemoSizes, llada_budget: bool = True) -> list[str]:
-    """Sampler caps: FlexMDM prompt + generation <= 2 canvases; LLaDA generates one canvas
-    (infilling keeps the eval's own LLaDA middle budget, 64 tokens for single lines)."""
-    return ["--max-length", str(2 * sizes.canvas)] + (["--gen-length", str(sizes.canvas)] if llada_budget else [])
+    """Sampler caps: FlexMDM prompt + generation <= 2 canvases; LLaDA generates `llada_gen` tokens
+    in blocks of `llada_block` (a single block lets a weak LLaDA fill its canvas with EOS from
+    the right); infilling keeps the eval's own LLaDA middle budget, 64 tokens for single lines."""
+    llada = ["--gen-length", str(sizes.llada_gen), "--block-length", str(sizes.llada_block)]
+    return ["--max-length", str(2 * sizes.canvas)] + (llada if llada_budget else [])
 
 
 def eval_stages(out: Path, sizes: DemoSizes, base: Path, seed: int) -> list[Stage]:
