@@ -109,8 +109,7 @@ def micro_loss(
 ) -> torch.Tensor:
     """Loss of one micro-batch; token logits only at the masked slots (spec §3.2, §3.6)."""
     if variant == "mdm":
-        hidden = model(input_ids=batch["input_ids"], return_logits=False).last_hidden_state  # [B, L, D]
-        logits = model.get_base_model().compute_logits(hidden[batch["mask_slots"]])  # [N, V]
+        logits = model(input_ids=batch["input_ids"], logits_mask=batch["mask_slots"]).logits  # [N, V]
         return mdm_loss(
             logits,
             batch["targets"],
