@@ -4,11 +4,15 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.setup-stamp
-# Local copies of the public datasets (this repo's CI and tests); users get the Hub versions.
+# Local copies of the public datasets (this repo's CI and tests); without them the demo downloads
+# GSM8K from the Hub (so the Hub is switched offline only when the local copies exist; the tests
+# always run offline, see tests/conftest.py).
 SHARED_DATA := $(abspath ../shared/data)
 export RETROFIT_DATA_DIR ?= $(if $(wildcard $(SHARED_DATA)),$(SHARED_DATA),)
+ifneq ($(wildcard $(SHARED_DATA)),)
 export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
+endif
 export TOKENIZERS_PARALLELISM ?= false
 export PYTHONUNBUFFERED := 1
 

@@ -11,18 +11,19 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-DATA_DIR = REPO_ROOT.parent / "shared" / "data"
+# The local copy of the public datasets: RETROFIT_DATA_DIR if set, else ../shared/data beside the repo.
+DATA_DIR = Path(os.environ.get("RETROFIT_DATA_DIR") or REPO_ROOT.parent / "shared" / "data")
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 if DATA_DIR.is_dir():
-    os.environ.setdefault("RETROFIT_DATA_DIR", str(DATA_DIR))
+    os.environ["RETROFIT_DATA_DIR"] = str(DATA_DIR)
 
 
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
-    """The local copy of the public datasets (../shared/data beside the repo)."""
+    """The local copy of the public datasets (RETROFIT_DATA_DIR, else ../shared/data beside the repo)."""
     return DATA_DIR
 
 

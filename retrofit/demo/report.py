@@ -8,8 +8,8 @@ from pathlib import Path
 
 NOTE = (
     "A tiny model trained for minutes on 2 CPU cores scores ~0 on GSM8K accuracy and infill pass@1: "
-    "that is expected. The length statistics carry the signal: the FlexMDM decides lengths with its "
-    "insertion head, the fixed-length baseline by where it writes EOS."
+    "that is expected. The length statistics are where the models differ: the FlexMDM decides lengths "
+    "with its insertion head, the fixed-length models by where they write EOS."
 )
 
 

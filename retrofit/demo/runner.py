@@ -17,23 +17,64 @@ class StageError(RuntimeError):
     """A demo stage exited non-zero or did not write its artefact."""
 
 
-def ensure_data_dir(data_dir: Path, out: Path) -> Path:
-    """A data directory with gsm8k/{train,test}.jsonl: `data_dir` if it has them, else a copy of
-    the public Hub dataset written under `out/data` (needs network once; cached afterwards)."""
-    if (data_dir / "gsm8k" / "train.jsonl").is_file():
-        return data_dir
-    from retrofit.data.gsm8k_format import load_gsm8k
+INFILL_URL = "https://raw.githubusercontent.com/openai/human-eval-infilling/master/data/{name}"
 
+
+def ensure_data_dir(data_dir: Path, out: Path) -> Path:
+    """A data directory holding gsm8k/{train,test}.jsonl and the single-line HumanEval-infilling file.
+
+    `data_dir` itself when it has them (../shared/data here); otherwise `out/data`, filled once
+    (then cached) from what `data_dir` has and, for the rest, from the public sources: GSM8K from
+    the Hub dataset, HumanEval-infilling from openai/human-eval-infilling on GitHub. Every file is
+    written to a temporary name and renamed, so an interrupted download never leaves half a file.
+
+    Raises:
+        ConnectionError / RuntimeError: a download failed; the message names the source and says
+            to set RETROFIT_DATA_DIR (or --data-dir) to a local copy instead.
+    """
+    from retrofit.evaluation.humaneval_data import BENCHMARKS
+
+    infill = Path("humaneval-infilling") / BENCHMARKS["single-line"]
+    needed = [Path("gsm8k") / "train.jsonl", Path("gsm8k") / "test.jsonl", infill]
+    if all((data_dir / rel).is_file() for rel in needed):
+        return data_dir
     local = out / "data"
-    for split in ("train", "test"):
-        path = local / "gsm8k" / f"{split}.jsonl"
-        if not path.is_file():
-            rows = load_gsm8k(split, data_dir=None)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp")
+    for rel in needed:
+        path = local / rel
+        if path.is_file():
+            continue
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        if (data_dir / rel).is_file():
+            shutil.copyfile(data_dir / rel, tmp)
+        elif rel == infill:
+            _download(INFILL_URL.format(name=rel.name), tmp)
+        else:
+            from retrofit.data.gsm8k_format import load_gsm8k
+
+            rows = load_gsm8k(rel.stem, data_dir=None)
             tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-            os.replace(tmp, path)
+        os.replace(tmp, path)
     return local
+
+
+def _download(url: str, dest: Path) -> None:
+    """Fetch `url` into `dest` (a temporary name the caller renames).
+
+    Raises:
+        ConnectionError: the request failed (names the URL and the local-copy alternative).
+    """
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=60) as response, open(dest, "wb") as sink:
+            shutil.copyfileobj(response, sink)
+    except OSError as exc:
+        dest.unlink(missing_ok=True)
+        raise ConnectionError(
+            f"could not download {url} ({exc}); without network, set RETROFIT_DATA_DIR (or --data-dir) "
+            f"to a folder holding humaneval-infilling/{dest.name.removesuffix('.tmp')}"
+        ) from exc
 
 
 def run_stage(stage: Stage, log_dir: Path, env: dict[str, str], echo: bool = True) -> dict:
