@@ -35,13 +35,6 @@ def _fmt(value: float | None, stderr: float | None = None, digits: int = 3) -> s
     return text
 
 
-def _number(text: str) -> float | None:
-    try:
-        return float(text)
-    except ValueError:
-        return None
-
-
 def _param_count(folder: Path) -> str:
     from safetensors import safe_open
 
@@ -53,26 +46,31 @@ def _param_count(folder: Path) -> str:
     return f"{total / 1e6:.2f}M" if total else "n/a"
 
 
-def model_rows(out: Path, models: dict[str, Path]) -> list[list[str]]:
-    """One row per model: name, params, GSM8K acc, pass@1, exact length, W1, mean/std length."""
+def length_results_by_model(out: Path, models: dict[str, Path]) -> dict[str, dict]:
+    """Model name -> its `retrofit eval length` metrics (results.json keys "<folder name>/<metric>")."""
     length = _load(out / "eval" / "length" / "results.json").get("metrics", {})
-
-    def length_metrics(folder: Path) -> dict:  # keys "<folder name>/<metric>"
+    by_model = {}
+    for name, folder in models.items():
         prefix = f"{folder.name}/"
-        return {k[len(prefix) :]: v for k, v in length.items() if k.startswith(prefix)}
+        by_model[name] = {k[len(prefix) :]: v for k, v in length.items() if k.startswith(prefix)}
+    return by_model
 
+
+def model_rows(out: Path, models: dict[str, Path], length: dict[str, dict]) -> list[list[str]]:
+    """One row per model: name, params, GSM8K acc, pass@1, exact length, W1, mean/std length;
+    `length` is `length_results_by_model(out, models)`."""
     rows = []
     for key, (name, folder) in zip(("base", "mdm", "flexmdm"), models.items()):
         gsm = _load(out / "eval" / key / "gsm8k" / "results.json")
         infill = _load(out / "eval" / key / "humaneval" / "results.json")
-        lm = length_metrics(folder)
+        lm = length[name]
         rows.append([
             name, _param_count(folder), _fmt(*_metric(gsm, "accuracy", "exact_match")),
             _fmt(*_metric(infill, "pass@1", "pass_at_1")), _fmt(*_metric(infill, "exact_length_rate")),
             _fmt(lm.get("wasserstein1"), digits=1),
             f"{_fmt(lm.get('mean'), digits=1)} / {_fmt(lm.get('std'), digits=1)}",
         ])  # fmt: skip
-    data = length_metrics(next(iter(models.values())))
+    data = length[next(iter(models))]
     rows.append(["GSM8K answers (data)", "", "", "", "", "0",
                  f"{_fmt(data.get('data_mean'), digits=1)} / {_fmt(data.get('data_std'), digits=1)}"])  # fmt: skip
     return rows
@@ -110,8 +108,9 @@ def write_report(out: Path, timings: list[dict], models: dict[str, Path], wall_s
     stage_rows = [[t["name"], "cached" if t["cached"] else f"{t['seconds']:.1f}"] for t in timings]
     header = ["model", "params", "GSM8K acc", "infill pass@1", "infill exact length",
               "length W1 vs data", "length mean / std"]  # fmt: skip
-    rows = model_rows(out, models)
-    w1 = {row[0]: _number(row[5]) for row in rows[:-1]}
+    length = length_results_by_model(out, models)
+    rows = model_rows(out, models, length)
+    w1 = {name: metrics.get("wasserstein1") for name, metrics in length.items()}
     text = "\n\n".join([
         f"# retrofit demo results{' (smoke run: minimal steps)' if smoke else ''}",
         f"Total wall time: {wall_s / 60:.1f} min.",

@@ -292,9 +292,7 @@ class FlexMDMModel(PreTrainedModel):
             # depends on its shape) gives bitwise the base's logits at graft time (spec §2.10).
             logits = self.backbone.compute_logits(h)[:, :L]  # [B, L, V] (a view)
         else:
-            if logits_mask.shape != (B, L):
-                raise ValueError(f"logits_mask has shape {tuple(logits_mask.shape)}, expected {(B, L)}")
-            logits = self.backbone.compute_logits(h[:, :L][logits_mask.bool()])  # [N, V]
+            logits = self.backbone.logits_at(h[:, :L], logits_mask)  # [N, V]
         return FlexMDMOutput(logits=logits, expected_gaps=self.length_head(h))
 
     def _canvas(
