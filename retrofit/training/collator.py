@@ -33,7 +33,6 @@ when a batch carries ``labels``.
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -42,19 +41,14 @@ import torch
 from torch import Tensor
 
 from retrofit.data.infill_format import boundary_ids, boundary_layout, draw_infill_split, fim_ids, fim_layout
-from retrofit.interpolant import banded_times, sample_interpolant, sample_times, trim_to_longest
+from retrofit.interpolant import sample_interpolant, trim_to_longest
 from retrofit.loss import mdm_forward_mask
 from retrofit.schedules import Schedule, draw_uniform, make_schedule
+from retrofit.time_sampling import banded_times, derive_seed, sample_times
 
 __all__ = ["TIME_MODES", "FlexMDMCollator", "MDMCollator", "TimeSampler", "derive_seed", "pad_x1"]
 
 TIME_MODES = ("stratified", "banded", "uniform")
-
-
-def derive_seed(*parts: Any) -> int:
-    """Platform-independent 63-bit seed from ints / strings (the same on every rank and run)."""
-    digest = hashlib.blake2b(repr(parts).encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") & ((1 << 63) - 1)
 
 
 def _generator(*parts: Any) -> torch.Generator:
