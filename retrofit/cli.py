@@ -29,6 +29,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "infill": ("infill", "fill the middle between a prefix and a suffix"),
     "eval": ("eval", "evaluate: gsm8k, humaneval-infill, length, lm-eval"),
     "demo": ("demo", "the whole pipeline on a tiny model, on CPU"),
+    "repro": ("repro", "the paper's small-scale claims (brackets, maze): MDM vs FlexMDM vs retrofit, on CPU"),
     "bench": ("bench", "training-step / sampler / collator benchmarks"),
 }
 

@@ -141,7 +141,8 @@ def resolve_local(name_or_path: str) -> str:
 def build_model(recipe: Recipe, base: str, tokenizer: Any) -> tuple[torch.nn.Module, dict[str, Any]]:
     """Build the model to train and the manifest info (kind, base, config, LoRA, recipe).
 
-    - `mode: pretrain`: the LLaDA model itself, every parameter trainable (MDM loss).
+    - `mode: pretrain`: every parameter trainable, no LoRA: the LLaDA model itself (MDM loss), or
+      the FlexMDM graft of it (FlexMDM loss: a FlexMDM from scratch on a fresh LLaDA).
     - `training.loss: mdm`: LLaDA + LoRA (baseline fine-tune, no graft).
     - otherwise: FlexMDM graft (`model.graft`, schedules from `objective`) + LoRA with the graft
       modules in `modules_to_save`; `model.init_from` loads an earlier stage's trainable weights.
@@ -157,18 +158,19 @@ def build_model(recipe: Recipe, base: str, tokenizer: Any) -> tuple[torch.nn.Mod
         flex = _load_grafted(recipe, base)
         model = _with_lora(recipe, flex, flex.new_module_names(), wrap_with_lora)
         return _finish_model(recipe, model, "flexmdm", base, width)
-    llada = load_llada(base, dtype=DTYPES[recipe.model.dtype]).train()
-    if recipe.mode == "pretrain":
-        model, kind = llada, "llada"
-        model.requires_grad_(True)
-    elif recipe.training.loss == "mdm":
-        model, kind = _with_lora(recipe, llada, [], wrap_with_lora), "llada"
-    else:
+    model = load_llada(base, dtype=DTYPES[recipe.model.dtype]).train()
+    kind = "llada" if recipe.training.loss == "mdm" else "flexmdm"
+    to_save: list[str] = []
+    if kind == "flexmdm":
         from retrofit.models.flexmdm import FlexMDMModel
 
         graft = _graft_kwargs(recipe, width)
-        flex = FlexMDMModel.from_llada(llada, seed=recipe.training.seed, **graft)
-        model, kind = _with_lora(recipe, flex, flex.new_module_names(), wrap_with_lora), "flexmdm"
+        model = FlexMDMModel.from_llada(model, seed=recipe.training.seed, **graft)
+        to_save = model.new_module_names()
+    if recipe.mode == "pretrain":
+        model.requires_grad_(True)
+    else:
+        model = _with_lora(recipe, model, to_save, wrap_with_lora)
     return _finish_model(recipe, model, kind, base, width)
 
 
@@ -375,11 +377,16 @@ def _save_final(trainer: Any, recipe: Recipe, tokenizer: Any, base: str) -> None
     if step > 0 and not last.is_dir() and trainer.args.save_strategy != "no":
         trainer._save_checkpoint(trainer.model_wrapped, trial=None)
     if recipe.mode == "pretrain":
-        save_llada_folder(trainer, tokenizer, Path(recipe.training.output_dir) / "final")
+        save_final_folder(trainer, tokenizer, Path(recipe.training.output_dir) / "final")
 
 
-def save_llada_folder(trainer: Any, tokenizer: Any, out_dir: Path) -> None:
-    """Write the trained LLaDA in the official layout (sharded safetensors + index, config, tokenizer)."""
+def save_final_folder(trainer: Any, tokenizer: Any, out_dir: Path) -> None:
+    """Write a fully trained model to ``out_dir`` atomically, loadable with ``from_pretrained``.
+
+    A LLaDA model is written in the official layout (sharded safetensors + index, config.json
+    with the official keys, tokenizer); a FlexMDM (`mode: pretrain` with the FlexMDM loss) as
+    `save_pretrained` writes it, like `retrofit graft` and `retrofit export` folders.
+    """
     from retrofit.io_utils import atomic_directory
     from retrofit.models.tiny import official_config_dict, save_sharded
 
@@ -387,9 +394,13 @@ def save_llada_folder(trainer: Any, tokenizer: Any, out_dir: Path) -> None:
     if not trainer.args.should_save:
         return
     model = trainer.accelerator.unwrap_model(trainer.model)
+    state = {k: v.detach().cpu().contiguous() for k, v in state.items()}
     with atomic_directory(out_dir, overwrite=True) as tmp:
-        (tmp / "config.json").write_text(json.dumps(official_config_dict(model.config), indent=2) + "\n")
-        save_sharded({k: v.detach().cpu().contiguous() for k, v in state.items()}, tmp)
+        if model.config.model_type == "flexmdm":
+            model.save_pretrained(tmp, state_dict=state)
+        else:
+            (tmp / "config.json").write_text(json.dumps(official_config_dict(model.config), indent=2) + "\n")
+            save_sharded(state, tmp)
         tokenizer.save_pretrained(tmp)
     print(f"[retrofit] wrote {out_dir}", flush=True)
 

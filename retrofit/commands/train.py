@@ -102,7 +102,7 @@ def dry_run(recipe: Any, world_size: int = 1) -> str:
     model, backbone, note = _meta_model(recipe)
     report = trainable_report(model)
     width = model.config.canvas_width if hasattr(model.config, "canvas_width") else recipe.data.max_length
-    seq = width + (1 if recipe.training.loss == "flexmdm" and recipe.mode != "pretrain" else 0)
+    seq = width + (1 if recipe.training.loss == "flexmdm" else 0)
     global_batch = t.per_device_train_batch_size * t.gradient_accumulation_steps * world_size
     steps, step_note = _steps(recipe, global_batch)
     shape = {
@@ -159,14 +159,14 @@ def _meta_model(recipe: Any) -> tuple[Any, Any, str]:
         config, note = LLaDAConfig(), "(not a local folder: LLaDA-8B defaults of LLaDAConfig)"
     with torch.device("meta"):
         model = LLaDAModelLM(config)
-        if recipe.mode == "pretrain":
-            return model.requires_grad_(True), config, note
         to_save: list[str] = []
         if recipe.training.loss == "flexmdm":
             from retrofit.models.flexmdm import FlexMDMModel
 
             model = FlexMDMModel.from_llada(model, **_graft_kwargs(recipe, recipe.data.max_length))
             to_save = model.new_module_names()
+        if recipe.mode == "pretrain":
+            return model.requires_grad_(True), config, note
         wrapped = wrap_with_lora(model, recipe.lora, to_save)
     wrapped.config = model.config
     return wrapped, config, note

@@ -46,6 +46,7 @@ SPEC_KEYS = {
     "text_field": "document column (text / infill documents; default 'text')",
     "prompt_field": "prompt column (sft / infill pairs)",
     "response_field": "response column (sft / infill pairs)",
+    "anchor_field": "sft: column of response-token indices that are given, not generated (multi-span infilling)",
     "template": "sft template: gsm8k | plain (default gsm8k for source gsm8k)",
     "streaming": "stream the source (Hub / large files); report counts are then unknown",
     "data_dir": "local data folder for this spec (else the build_dataset argument / RETROFIT_DATA_DIR)",
@@ -59,6 +60,8 @@ def _check_spec(spec: dict[str, Any]) -> None:
         raise ValueError(f"data spec {spec!r}: unknown keys {sorted(unknown)}; allowed: {sorted(SPEC_KEYS)}")
     if spec.get("format") not in FORMATS:
         raise ValueError(f"data spec {spec!r}: 'format' must be one of {FORMATS}")
+    if "anchor_field" in spec and spec.get("format") != "sft":
+        raise ValueError(f"data spec {spec!r}: 'anchor_field' is an sft option; use format: sft")
     if not isinstance(spec.get("source"), str) or not spec["source"]:
         raise ValueError(f"data spec {spec!r}: 'source' must be a non-empty string (e.g. 'gsm8k')")
 
@@ -68,7 +71,7 @@ def _map_function(spec: dict[str, Any], tokenizer: Any, max_length: int) -> func
     fmt, source = spec["format"], spec["source"]
     fields = {
         **SOURCE_FIELDS.get(source, {}),
-        **{k: spec[k] for k in ("prompt_field", "response_field") if k in spec},
+        **{k: spec[k] for k in ("prompt_field", "response_field", "anchor_field") if k in spec},
     }
     common = {"tokenizer": tokenizer, "max_length": max_length}
     if fmt == "text":

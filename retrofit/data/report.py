@@ -18,11 +18,13 @@ import datasets
 
 __all__ = ["SAMPLE_COLUMNS", "SKIP_REASONS", "Candidates", "DataReport", "candidate_features"]
 
-SAMPLE_COLUMNS = ("input_ids", "prompt_length", "infill_cutoff")
+SAMPLE_COLUMNS = ("input_ids", "prompt_length", "infill_cutoff", "anchors")
 """Columns of every built sample (all formats, so mixtures concatenate):
 ``input_ids`` (list of int32 token ids, no padding), ``prompt_length`` (int32 P: ids[:P] are
 protected), ``infill_cutoff`` (int32 c >= 0 for infilling samples, whose split is drawn by the
-collator; -1 otherwise)."""
+collator; -1 otherwise), ``anchors`` (list of int32 positions in ``input_ids`` after the prompt
+that are given, i.e. protected like the prompt: the fixed points of multi-span infilling, e.g. a
+maze's subgoals; usually empty)."""
 
 SKIP_REASONS: dict[str, str] = {
     "empty": "no tokens after tokenization",
@@ -42,6 +44,7 @@ def candidate_features() -> datasets.Features:
             "input_ids": datasets.List(datasets.Value("int32")),
             "prompt_length": datasets.Value("int32"),
             "infill_cutoff": datasets.Value("int32"),
+            "anchors": datasets.List(datasets.Value("int32")),
             "skip_reason": datasets.Value("string"),
             "truncated": datasets.Value("bool"),
             "split_extra": datasets.Value("bool"),
@@ -61,6 +64,7 @@ class Candidates:
         *,
         prompt_length: int = 0,
         infill_cutoff: int = -1,
+        anchors: list[int] | None = None,
         skip: str = "",
         truncated: bool = False,
         split_extra: bool = False,
@@ -70,6 +74,7 @@ class Candidates:
             list(input_ids or []) if not skip else [],
             prompt_length,
             infill_cutoff,
+            list(anchors or []) if not skip else [],
             skip,
             truncated,
             split_extra,

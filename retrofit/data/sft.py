@@ -10,9 +10,14 @@ Templates: ``"gsm8k"`` turns a GSM8K row into ``build_prompt(question, tokenizer
 ``build_target(answer)`` (`retrofit.data.gsm8k_format`, the one format shared with sampling and
 evaluation); ``"plain"`` uses the two fields verbatim.
 
+Anchors (``anchor_field``): a column of response-token indices whose tokens are given rather
+than generated (a maze path's start, subgoals and goal). They become the sample's ``anchors``
+(positions P + i) and stay clean and present in every x_t, like the prompt, so the model learns to
+fill the spans between them (`FlexMDMSampler.infill` / `MDMSampler.infill` with ``middles``).
+
 Skips (counted in the `DataReport`): ``no_room`` (P >= max_length), ``too_long``
 (P + R > max_length), ``empty`` (no response tokens), ``bad_row`` (missing / non-string field,
-or a GSM8K answer without ``####``).
+a GSM8K answer without ``####``, or an anchor index that is not a response-token index).
 """
 
 from __future__ import annotations
@@ -69,16 +74,23 @@ def sft_candidates(
     prompt_field: str = "prompt",
     response_field: str = "response",
     template: str = "plain",
+    anchor_field: str | None = None,
 ) -> dict[str, list]:
     """Batched ``datasets.map`` function: rows -> candidate samples (see `Candidates`).
 
+    Args:
+        batch: raw rows (column -> values). tokenizer, max_length: as in `build_dataset`.
+        prompt_field, response_field: the two text columns. template: see the module docstring.
+        anchor_field: optional column of response-token indices (list[int]) that are given.
+
     Returns:
-        Candidate columns; kept samples have ``prompt_length`` = P.
+        Candidate columns; kept samples have ``prompt_length`` = P and ``anchors`` = P + indices.
 
     Raises:
         KeyError: a field is not a column (the message lists the columns and the spec keys).
     """
-    for key, name in (("prompt_field", prompt_field), ("response_field", response_field)):
+    named = [("prompt_field", prompt_field), ("response_field", response_field)]
+    for key, name in named + ([("anchor_field", anchor_field)] if anchor_field else []):
         if name not in batch:
             raise KeyError(f"sft format: column {name!r} not found; columns: {sorted(batch)} (set {key})")
     pairs = [
@@ -94,9 +106,23 @@ def sft_candidates(
             out.add(skip="bad_row")
             continue
         prompt_ids, response_ids = encoded[i]
-        reason = _sft_skip_reason(len(prompt_ids), len(response_ids), max_length)
-        out.add(prompt_ids + response_ids, prompt_length=len(prompt_ids), skip=reason)
+        anchors = _anchors(batch[anchor_field][i], len(prompt_ids), len(response_ids)) if anchor_field else []
+        reason = (
+            _sft_skip_reason(len(prompt_ids), len(response_ids), max_length)
+            if anchors is not None
+            else "bad_row"
+        )
+        out.add(prompt_ids + response_ids, prompt_length=len(prompt_ids), anchors=anchors, skip=reason)
     return out.columns
+
+
+def _anchors(indices: Any, prompt_len: int, response_len: int) -> list[int] | None:
+    """Positions P + i of the anchor indices, or None if one is not a response-token index."""
+    if not isinstance(indices, (list, tuple)) or not all(
+        isinstance(i, int) and 0 <= i < response_len for i in indices
+    ):
+        return None
+    return sorted(prompt_len + i for i in set(indices))
 
 
 def _encode(texts: list[str], tokenizer: Any) -> list[list[int]]:

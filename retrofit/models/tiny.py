@@ -21,6 +21,7 @@ import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import save_file
@@ -150,6 +151,7 @@ def write_tiny_llada(
     train_on: Sequence[str | Path] | None = None,
     max_shard_size: int | None = None,
     overwrite: bool = False,
+    tokenizer: Any = None,
 ) -> Path:
     """Write a randomly initialised LLaDA checkpoint, deterministic for `seed` (fp32 weights).
 
@@ -163,6 +165,9 @@ def write_tiny_llada(
         train_on: text files / folders to fit the tokenizer on (None: 262-token byte tokenizer).
         max_shard_size: bytes per safetensors shard (None: two shards).
         overwrite: replace an existing non-empty `out_dir`.
+        tokenizer: a ready tokenizer with LLaDA's special tokens (e.g.
+            `retrofit.models.tokenizer.build_word_tokenizer`) instead of building a BPE one;
+            then `train_on` / `vocab_size` must be None.
 
     Returns:
         Path of the written folder.
@@ -174,7 +179,10 @@ def write_tiny_llada(
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
         raise FileExistsError(f"{out_dir} exists and is not empty; pass overwrite=True (--overwrite)")
-    tokenizer = build_tokenizer(train_on=train_on, vocab_size=vocab_size)
+    if tokenizer is None:
+        tokenizer = build_tokenizer(train_on=train_on, vocab_size=vocab_size)
+    elif train_on or vocab_size:
+        raise ValueError("write_tiny_llada: pass either tokenizer or train_on / vocab_size, not both")
     ids = {
         "mask": tokenizer.convert_tokens_to_ids(MASK_TOKEN),
         "eos": tokenizer.eos_token_id,

@@ -184,6 +184,39 @@ def build_tokenizer(
     return hf
 
 
+def build_word_tokenizer(words: Sequence[str]) -> PreTrainedTokenizerFast:
+    """A word-level tokenizer: one token per whitespace-separated word, LLaDA's special tokens after.
+
+    For synthetic tasks whose symbols are words (`retrofit.repro`: brackets, maze cells), so a
+    text of n words is exactly n tokens. Word i gets id i; the special tokens follow, as in
+    `build_tokenizer`; ``decode`` joins tokens with spaces. Unknown words raise at encoding time
+    in the caller's checks (they map to no id: the tokenizer has no unknown token).
+
+    Args:
+        words: the vocabulary, unique, without whitespace and distinct from the special tokens.
+
+    Returns:
+        PreTrainedTokenizerFast with bos / eos = pad set, no mask_token, the chat template set.
+
+    Raises:
+        ValueError: an empty, duplicated, whitespace-containing or special word.
+    """
+    bad = [w for w in words if not w or w.split() != [w] or w in SPECIAL_TOKENS]
+    if bad or len(set(words)) != len(words) or not words:
+        raise ValueError(
+            f"build_word_tokenizer: words must be unique, non-empty, without whitespace and not special "
+            f"tokens (first offenders: {bad[:3] or 'duplicates'})"
+        )
+    tok = Tokenizer(models.WordLevel(vocab={w: i for i, w in enumerate(words)}, unk_token=None))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.add_special_tokens(list(SPECIAL_TOKENS))
+    hf = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token=BOS_TOKEN, eos_token=EOS_TOKEN, pad_token=EOS_TOKEN
+    )
+    hf.chat_template = CHAT_TEMPLATE
+    return hf
+
+
 def save_tokenizer(tokenizer: PreTrainedTokenizerFast, out_dir: str | Path) -> None:
     """Save `tokenizer` in the official LLaDA file layout.
 
@@ -197,7 +230,7 @@ def save_tokenizer(tokenizer: PreTrainedTokenizerFast, out_dir: str | Path) -> N
     cfg = json.loads(cfg_path.read_text())
     cfg["tokenizer_class"] = "PreTrainedTokenizerFast"
     cfg.pop("backend", None)
-    cfg["add_bos_token"] = tokenizer.bos_token_id in tokenizer("a")["input_ids"]
+    cfg["add_bos_token"] = tokenizer.bos_token_id in tokenizer("")["input_ids"]
     if tokenizer.chat_template:
         cfg["chat_template"] = tokenizer.chat_template
         (out_dir / "chat_template.jinja").unlink(missing_ok=True)

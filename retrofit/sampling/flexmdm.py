@@ -112,7 +112,7 @@ class FlexMDMSampler:
                 f"sample: a prompt has {too_long[0]} tokens > max_length={cap}; raise "
                 "FlexMDMSamplerConfig.max_length (CLI: --max-length)"
             )
-        return self._run(rows, [[] for _ in rows], [cap] * len(rows), generator)
+        return self._run(rows, [[] for _ in rows], [cap] * len(rows), generator, [[] for _ in rows])
 
     def infill(
         self,
@@ -120,34 +120,45 @@ class FlexMDMSampler:
         suffixes: list[list[int]],
         num_samples: int = 1,
         generator: torch.Generator | None = None,
+        middles: list[list[int]] | None = None,
     ) -> SampleOutput:
         """Fill the middle between each prefix and suffix; the model picks its length (spec §4.4).
 
         Prefix and suffix tokens never change; insertions go only into gaps
-        P_pre <= j <= n - P_suf and the middle is at most ``max_middle`` tokens.
+        P_pre <= j <= n - P_suf and the middle grows by at most ``max_middle`` tokens.
+
+        Multi-span infilling: ``middles`` gives each middle's starting tokens (anchors, e.g. a maze
+        path's start, subgoals and goal). They are clean, so they are never changed either, and
+        every gap between them is open to insertion: the model chooses each span's length. This
+        is the sampler of models trained with anchored samples (`retrofit.data.sft`, anchors).
 
         Args:
             prefixes, suffixes: token-id lists, one pair per problem (boundary tokens included).
             num_samples: samples per problem. generator: as in :meth:`sample`.
+            middles: optional token-id lists (no mask ids), one per problem; default empty.
 
         Returns:
-            SampleOutput; ``generated`` holds the middles.
+            SampleOutput; ``generated`` holds the middles (anchors included).
 
         Raises:
-            ValueError: the two lists differ in length, or num_samples < 1.
+            ValueError: the lists differ in length, or num_samples < 1.
         """
-        if len(prefixes) != len(suffixes):
-            raise ValueError(f"infill: {len(prefixes)} prefixes but {len(suffixes)} suffixes")
+        middles = [[] for _ in prefixes] if middles is None else middles
+        if not len(prefixes) == len(suffixes) == len(middles):
+            raise ValueError(
+                f"infill: {len(prefixes)} prefixes, {len(suffixes)} suffixes and {len(middles)} middles"
+            )
         pre, suf = repeat_rows(prefixes, num_samples), repeat_rows(suffixes, num_samples)
-        caps = [len(p) + len(s) + self.config.max_middle for p, s in zip(pre, suf)]
-        return self._run(pre, suf, caps, generator)
+        mid = repeat_rows(middles, num_samples)
+        caps = [len(p) + len(m) + len(s) + self.config.max_middle for p, m, s in zip(pre, mid, suf)]
+        return self._run(pre, suf, caps, generator, mid)
 
     # ----------------------------------------------------------------------------- the run
-    def _run(self, fronts, backs, caps, generator) -> SampleOutput:
+    def _run(self, fronts, backs, caps, generator, middles) -> SampleOutput:
         if not fronts:
             raise ValueError("sampler: no prompts given (pass prompts=None for unconditional samples)")
         cfg, mask_id = self.config, self._mask_id()
-        st = self._initial_state(fronts, backs, caps)
+        st = self._initial_state(fronts, middles, backs, caps)
         full = st.canvas.shape[1]
         rand = RandomSource(generator, full_width=full if cfg.draw_at_full_width else None)
         trace = Trace() if cfg.trace else None
@@ -244,10 +255,10 @@ class FlexMDMSampler:
         return kept.sum()
 
     # ----------------------------------------------------------------------------- helpers
-    def _initial_state(self, fronts, backs, caps) -> _State:
+    def _initial_state(self, fronts, middles, backs, caps) -> _State:
         device = model_device(self.model)
         full = max(max(caps), 1)
-        rows = [torch.tensor(f + b, dtype=torch.long) for f, b in zip(fronts, backs)]
+        rows = [torch.tensor(f + m + b, dtype=torch.long) for f, m, b in zip(fronts, middles, backs)]
         canvas = torch.full((len(rows), full), self._pad_id(), dtype=torch.long)
         for b, row in enumerate(rows):  # input conversion only; the steps are vectorised
             canvas[b, : len(row)] = row

@@ -149,21 +149,38 @@ class MDMSampler:
         num_samples: int = 1,
         generator: torch.Generator | None = None,
         middle_length: int | None = None,
+        middles: list[list[int]] | None = None,
     ) -> SampleOutput:
         """Fill between prefix and suffix ids.
 
         ``middle_length=None``: the baseline FIM format (spec §1.7, §6.2): prompt = instruction ‖
         ``<prefix>`` ‖ prefix ‖ ``</prefix>`` ‖ ``<suffix>`` ‖ suffix ‖ ``</suffix>`` (each
-        delimiter tokenized alone), then ``gen_length`` tokens; ``sequences`` = prompt + middle.
+        delimiter tokenized alone), then ``gen_length`` tokens; ``sequences`` = prefix + middle.
         Otherwise in place: prefix ‖ M×middle_length ‖ suffix, one block of middle_length in
         ``steps`` steps; ``sequences`` = prefix + middle + suffix.
+        ``middles``: in place from a template instead: prefix ‖ middle ‖ suffix, where the mask
+        ids of each middle are generated and its other tokens are given (a fixed budget of masks
+        per span, as a fixed-length model fills multi-span problems); one block, ``steps`` steps.
+        All middles must have the same length; ``generated`` holds the whole filled middle.
 
         Raises:
-            ValueError: the lists differ in length, or FIM format without a tokenizer.
+            ValueError: the lists differ in length, middles of different lengths or together with
+                middle_length, or FIM format without a tokenizer.
         """
         if len(prefixes) != len(suffixes):
             raise ValueError(f"infill: {len(prefixes)} prefixes but {len(suffixes)} suffixes")
         pre, suf = repeat_rows(prefixes, num_samples), repeat_rows(suffixes, num_samples)
+        if middles is not None:
+            mid = repeat_rows(middles, num_samples)
+            widths = sorted({len(m) for m in mid})
+            if middle_length is not None or len(mid) != len(pre) or len(widths) != 1 or widths[0] < 1:
+                raise ValueError(
+                    f"infill: middles must be one non-empty template per prefix, all of one length "
+                    f"(got {len(mid)} middles of lengths {widths[:4]} for {len(pre)} prefixes), without "
+                    "middle_length"
+                )
+            config = replace(self.config, gen_length=widths[0], block_length=widths[0])
+            return self._generate(pre, suf, config, generator, mid)
         if middle_length is None:
             ids = self._fim_ids()
             prompts = [ids["instruction"] + ids["<prefix>"] + p + ids["</prefix>"] + ids["<suffix>"] + s
@@ -173,10 +190,10 @@ class MDMSampler:
         return self._generate(pre, suf, config, generator)
 
     # ----------------------------------------------------------------------------- core
-    def _generate(self, fronts, backs, cfg: MDMSamplerConfig, generator) -> SampleOutput:
+    def _generate(self, fronts, backs, cfg: MDMSamplerConfig, generator, middles=None) -> SampleOutput:
         if not fronts:
             raise ValueError("MDMSampler: no prompts given")
-        x, attn, region = self._canvas(fronts, backs, cfg.gen_length)
+        x, attn, region = self._canvas(fronts, backs, cfg.gen_length, middles)
         prompt_mask = attn.bool().clone()
         prompt_mask[:, region : region + cfg.gen_length] = False
         blocks = cfg.gen_length // cfg.block_length
@@ -196,8 +213,8 @@ class MDMSampler:
                     block[chosen] = proposal[chosen]
         return self._output(x, region, fronts, backs, cfg, passes)
 
-    def _canvas(self, fronts, backs, gen_length) -> tuple[Tensor, Tensor, int]:
-        """[pad… front | M×G | back …pad] [B, L] and its attention mask; returns (x, attn, region)."""
+    def _canvas(self, fronts, backs, gen_length, middles=None) -> tuple[Tensor, Tensor, int]:
+        """[pad… front | M×G (or the middles) | back …pad] [B, L], its attention mask; (x, attn, region)."""
         cfg, device = self.config, model_device(self.model)
         width_front, width_back = max(map(len, fronts)), max(map(len, backs))
         L = width_front + gen_length + width_back
@@ -210,6 +227,8 @@ class MDMSampler:
             )
             attn[b, width_front - len(f) : width_front + gen_length + len(bk)] = 1
         x[:, width_front : width_front + gen_length] = self._mask_id(cfg)
+        if middles is not None:
+            x[:, width_front : width_front + gen_length] = torch.tensor(middles, dtype=torch.long)
         return x.to(device), attn.to(device), width_front
 
     def _logits(

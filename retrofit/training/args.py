@@ -2,7 +2,7 @@
 
 A recipe YAML (see `recipes/`) maps one-to-one onto :class:`Recipe`::
 
-    mode: retrofit          # retrofit (LoRA + graft) | pretrain (full-parameter MDM, no graft)
+    mode: retrofit          # retrofit (LoRA + graft) | pretrain (full-parameter MDM, or FlexMDM from scratch)
     model: {...}            # ModelRecipe
     lora: {...}             # LoraRecipe
     data: {...}             # DataRecipe
@@ -264,7 +264,12 @@ class ObjectiveRecipe:
 
 @dataclass
 class Recipe:
-    """A whole training recipe. `mode: pretrain` forces `training.loss: mdm` and no LoRA / graft."""
+    """A whole training recipe.
+
+    `mode: pretrain` trains every parameter, no LoRA: with `training.loss: mdm` the LLaDA model
+    itself (an MDM), with `training.loss: flexmdm` a FlexMDM grafted onto `model.base` and trained
+    whole (a FlexMDM from scratch when the base is a freshly initialised LLaDA).
+    """
 
     model: ModelRecipe
     data: DataRecipe
@@ -277,8 +282,6 @@ class Recipe:
 
     def __post_init__(self) -> None:
         _check_choice("mode", self.mode, MODES)
-        if self.mode == "pretrain" and self.training.loss != "mdm":
-            raise ValueError("recipe mode: pretrain trains with the MDM loss: set training.loss: mdm")
         if self.model.init_from and self.mode == "pretrain":
             raise ValueError(
                 "recipe model.init_from is for LoRA stages; mode: pretrain starts from model.base"

@@ -182,6 +182,8 @@ class _CollatorBase:
         """(x1 [B, W], x1_mask [B, W], protected [B, W]) with infilling rows laid out in ``style``."""
         x1, x1_mask = pad_x1(features, self.pad_id, self.canvas_width)
         protected = torch.arange(self.canvas_width) < _column(features, "prompt_length", 0)[:, None]
+        for b, f in enumerate(features):  # given positions of multi-span rows (usually none)
+            protected[b, list(f.get("anchors") or [])] = True
         cutoffs = _column(features, "infill_cutoff", -1)
         infill = cutoffs >= 0
         if not bool(infill.any()):
@@ -229,7 +231,8 @@ class FlexMDMCollator(_CollatorBase):
         infill_boundary: boundary ids (default: from the tokenizer) for infilling rows.
 
     Call: ``collator(features)`` with features = dicts holding ``input_ids`` (list[int]) and
-    optionally ``prompt_length``, ``infill_cutoff``, ``t`` (fixed eval times). Returns a dict:
+    optionally ``prompt_length``, ``infill_cutoff``, ``anchors`` (positions protected like the
+    prompt), ``t`` (fixed eval times). Returns a dict:
         input_ids long [B, w] (x_t), attention_mask long [B, w] (1 on the n_b slots), t float [B],
         mask_slots bool [B, w], targets long [B, w] (-100 off mask slots), gaps float [B, w + 1],
         gap_mask bool [B, w + 1], weight_unmask / weight_insert float [B], num_x1_tokens long []

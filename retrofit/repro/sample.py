@@ -1,0 +1,150 @@
+"""Sample the reproduction's test cases from trained model folders with the product's samplers.
+
+Each task's models are reloaded from disk (`retrofit.sampling.load.load_model`) and sampled with
+`FlexMDMSampler` (``flexmdm``, ``retrofit``) or `MDMSampler` (``mdm``) at equal step counts:
+
+* brackets, unconditional: the FlexMDM starts from the empty sequence and inserts / unmasks for
+  S steps; the MDM unmasks a fixed 64-token canvas in S steps and its text ends at the first EOS.
+  Both draw tokens at temperature 1 in a random order (ancestral sampling of the model), so
+  length and validity statistics are the models' own;
+* maze, subgoal-conditioned: the canvas starts as the prompt plus the path's given points
+  (start, subgoals, goal). The FlexMDM inserts between them (`FlexMDMSampler.infill` with
+  ``middles``) and so picks every segment's length; the MDM fills a fixed budget of masks per
+  segment (`MDMSampler.infill` with template ``middles``), padding with EOS as LLaDA does.
+  Both decode greedily (temperature 0, most confident first).
+
+Every draw comes from one generator seeded per (task, model, seed, batch), so a run is
+reproducible.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from retrofit.repro import maze as maze_task
+
+__all__ = ["sample_brackets", "sample_mazes"]
+
+
+def _generator(*parts: int) -> torch.Generator:
+    from retrofit.time_sampling import derive_seed
+
+    return torch.Generator().manual_seed(derive_seed("repro", *parts))
+
+
+def _words(tokenizer: Any, ids: Sequence[int]) -> list[str]:
+    """Token texts; ids past the tokenizer (the embedding is padded to a multiple of 64) -> "<?>"."""
+    return [w if w is not None else "<?>" for w in tokenizer.convert_ids_to_tokens(list(ids))]
+
+
+def sample_brackets(
+    model: Any, kind: str, tokenizer: Any, *, n: int, steps: int, canvas: int, seed: int, batch: int = 128
+) -> list[str]:
+    """``n`` unconditional samples as bracket strings (spaces removed; EOS-cut for the MDM).
+
+    Args:
+        model: FlexMDMModel (kind "flexmdm") or LLaDAModelLM ("llada"), eval mode.
+        tokenizer: the word-level tokenizer of the task. n: samples. steps: sampler steps S.
+        canvas: the MDM's fixed canvas / the FlexMDM's max length (tokens). seed: sampling seed.
+        batch: rows per sampler call.
+
+    Returns:
+        list of n strings; a token that is not a bracket (EOS inside, BOS, ...) is kept as its
+        token text, so the checker counts the sample invalid.
+    """
+    from retrofit.sampling.flexmdm import FlexMDMSampler, FlexMDMSamplerConfig
+    from retrofit.sampling.mdm import MDMSampler, MDMSamplerConfig
+
+    texts: list[str] = []
+    for k, start in enumerate(range(0, n, batch)):
+        rows = min(batch, n - start)
+        gen = _generator(seed, k)
+        if kind == "flexmdm":
+            config = FlexMDMSamplerConfig(
+                steps=steps, max_length=canvas, confidence="random", temperature=1.0
+            )
+            out = FlexMDMSampler(model, config).sample(None, num_samples=rows, generator=gen)
+        else:
+            config = MDMSamplerConfig(gen_length=canvas, block_length=canvas, steps=steps, temperature=1.0,
+                                      remasking="random")  # fmt: skip
+            out = MDMSampler(model, config, tokenizer).sample([[]], num_samples=rows, generator=gen)
+        texts += ["".join(_words(tokenizer, ids)) for ids in out.generated]
+    return texts
+
+
+def sample_mazes(
+    model: Any,
+    kind: str,
+    tokenizer: Any,
+    mazes: Sequence[maze_task.Maze],
+    *,
+    steps: int,
+    canvas: int,
+    seed: int,
+    batch: int = 64,
+) -> list[list[tuple[int, int]] | None]:
+    """Plan a path for every maze; returns the decoded paths (None where decoding fails).
+
+    Args:
+        model, kind, tokenizer: as in :func:`sample_brackets`. mazes: test cases (any levels).
+        steps: sampler steps S. canvas: the training canvas (data.max_length): the MDM fills its
+            template and, after it, masks up to this width, as its training rows were EOS-padded
+            to it (only the template part is decoded). seed: sampling seed. batch: rows per
+            sampler call (one level per call: the template length depends on the level).
+
+    Returns:
+        one path (list of (row, col) cells) or None per maze, in input order.
+    """
+    from retrofit.sampling.flexmdm import FlexMDMSampler, FlexMDMSamplerConfig
+    from retrofit.sampling.mdm import MDMSampler, MDMSamplerConfig
+
+    pad = tokenizer.pad_token
+    mask_word = tokenizer.convert_ids_to_tokens(int(model.config.mask_token_id))
+    paths: list[list[tuple[int, int]] | None] = [None] * len(mazes)
+    order = sorted(range(len(mazes)), key=lambda i: mazes[i].level)
+    chunks = [order[i : i + batch] for i in range(0, len(order), batch)]
+    for k, idx in enumerate(chunks):
+        level_groups: dict[str, list[int]] = {}
+        for i in idx:
+            level_groups.setdefault(mazes[i].level, []).append(i)
+        for j, group in enumerate(level_groups.values()):
+            gen = _generator(seed, k, j)
+            prompts = [_ids(tokenizer, maze_task.prompt_words(mazes[i])) for i in group]
+            if kind == "flexmdm":
+                anchors = [_ids(tokenizer, [maze_task.cell_word(p, False) for p in maze_task.waypoints(mazes[i])])
+                           for i in group]  # fmt: skip
+                config = FlexMDMSamplerConfig(steps=steps, confidence="top_prob", temperature=0.0, fill="argmax",
+                                              max_middle=4 * len(mazes[group[0]].grid) ** 2)  # fmt: skip
+                out = FlexMDMSampler(model, config).infill(
+                    prompts, [[] for _ in group], generator=gen, middles=anchors
+                )
+            else:
+                template = _mdm_template(mazes[group[0]], pad, mask_word)
+                tail = [mask_word] * max(canvas - len(prompts[0]) - len(template), 0)
+                templates = [_ids(tokenizer, _mdm_template(mazes[i], pad, mask_word) + tail) for i in group]
+                config = MDMSamplerConfig(gen_length=canvas, block_length=canvas, steps=steps, temperature=0.0,
+                                          remasking="low_confidence", stop_at_eos=False)  # fmt: skip
+                out = MDMSampler(model, config, tokenizer).infill(
+                    prompts, [[] for _ in group], generator=gen, middles=templates
+                )
+                out.generated[:] = [ids[: len(template)] for ids in out.generated]
+            for i, ids in zip(group, out.generated):
+                paths[i] = maze_task.decode_path(_words(tokenizer, ids), pad_word=pad)
+    return paths
+
+
+def _mdm_template(maze: maze_task.Maze, pad: str, mask: str) -> list[str]:
+    """The MDM's canvas after the prompt: given points kept, every other slot a mask."""
+    words, anchors = maze_task.mdm_response(maze, pad)
+    keep = set(anchors)
+    return [w if i in keep else mask for i, w in enumerate(words)]
+
+
+def _ids(tokenizer: Any, words: Sequence[str]) -> list[int]:
+    ids = tokenizer.convert_tokens_to_ids(list(words))
+    if any(i is None for i in ids):
+        raise ValueError(f"repro: a word of {list(words)[:8]}... is not in the task's tokenizer")
+    return ids
