@@ -25,7 +25,7 @@ from retrofit.training.memory import estimate_memory
 from retrofit.training.recipe import RecipeError, apply_overrides, format_recipe, load_recipe
 
 REPO = Path(__file__).resolve().parent.parent
-RECIPES = sorted((REPO / "recipes").glob("llada8b/*.yaml")) + sorted((REPO / "recipes").glob("tiny/*.yaml"))
+RECIPES = [p for d in ("llada8b", "tiny", "repro") for p in sorted((REPO / "recipes" / d).glob("*.yaml"))]
 ACCEL = sorted((REPO / "recipes" / "accelerate").glob("*.yaml"))
 DS_JSON = sorted((REPO / "recipes" / "deepspeed").glob("*.json"))
 CPU_OK = ["training.use_cpu=true"]  # bf16 recipes validate on CPU-only machines

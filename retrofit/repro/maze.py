@@ -47,9 +47,9 @@ class MazeLevel:
 
 
 LEVELS: dict[str, MazeLevel] = {
-    "easy": MazeLevel("easy", size=5, wall_density=0.25, subgoals=1, max_segment=5, min_path=4),
-    "medium": MazeLevel("medium", size=7, wall_density=0.3, subgoals=2, max_segment=6, min_path=8),
-    "hard": MazeLevel("hard", size=9, wall_density=0.3, subgoals=3, max_segment=7, min_path=12),
+    "easy": MazeLevel("easy", size=5, wall_density=0.25, subgoals=1, max_segment=4, min_path=4),
+    "medium": MazeLevel("medium", size=7, wall_density=0.3, subgoals=2, max_segment=5, min_path=8),
+    "hard": MazeLevel("hard", size=9, wall_density=0.3, subgoals=3, max_segment=5, min_path=12),
 }
 
 
@@ -320,9 +320,14 @@ def cell_word(cell: Cell, wall: bool) -> str:
     return f"{'w' if wall else 'c'}{r}_{c}"
 
 
+def size_word(size: int) -> str:
+    """The prompt's first word: the grid size, "<n{size}>" (where the grid ends)."""
+    return f"<n{size}>"
+
+
 def vocabulary(max_size: int) -> list[str]:
-    """All words of mazes up to `max_size` x `max_size`: MARKERS, then every "c{r}_{c}" (row-major),
-    then every "w{r}_{c}" (row-major). Marker indices do not depend on `max_size`.
+    """All words of mazes up to `max_size` x `max_size`: MARKERS, the size words "<n1>".."<n{max_size}>",
+    then every cell word "c{r}_{c}" (row-major). Marker indices do not depend on `max_size`.
 
     Raises:
         ValueError: If max_size < 1.
@@ -330,13 +335,16 @@ def vocabulary(max_size: int) -> list[str]:
     if isinstance(max_size, bool) or not isinstance(max_size, int) or max_size < 1:
         raise ValueError(f"max_size must be an int >= 1, got {max_size!r}")
     cells = [(r, c) for r in range(max_size) for c in range(max_size)]
-    return [*MARKERS, *(cell_word(x, False) for x in cells), *(cell_word(x, True) for x in cells)]
+    sizes = [size_word(n) for n in range(1, max_size + 1)]
+    return [*MARKERS, *sizes, *(cell_word(x, False) for x in cells)]
 
 
 def prompt_words(maze: Maze) -> list[str]:
-    """The grid row-major as cell words, then "<start>" start, ("<sub>" subgoal)*, "<goal>" goal."""
-    words = [cell_word((r, c), ch == "#") for r, row in enumerate(maze.grid) for c, ch in enumerate(row)]
-    words += [MARKERS[0], cell_word(maze.start, False)]
+    """The maze as words: its size, its wall cells (row-major, as the same cell words a path uses, so
+    "is this path cell a wall" is a match of identical tokens), then "<start>" start,
+    ("<sub>" subgoal)*, "<goal>" goal. With the size, the walls describe the grid completely."""
+    walls = [cell_word((r, c), False) for r, row in enumerate(maze.grid) for c, ch in enumerate(row) if ch == "#"]
+    words = [size_word(len(maze.grid)), *walls, MARKERS[0], cell_word(maze.start, False)]
     for sub in maze.subgoals:
         words += [MARKERS[1], cell_word(sub, False)]
     return words + [MARKERS[2], cell_word(maze.goal, False)]

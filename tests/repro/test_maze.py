@@ -132,7 +132,8 @@ def test_word_encodings(mazes, name: str) -> None:
     expected_len = (level.subgoals + 2) + (level.subgoals + 1) * level.max_segment
     for maze in mazes[name]:
         prompt = prompt_words(maze)
-        assert len(prompt) == level.size**2 + 2 * (level.subgoals + 2)
+        walls = sum(row.count("#") for row in maze.grid)
+        assert len(prompt) == 1 + walls + 2 * (level.subgoals + 2) and prompt[0] == f"<n{level.size}>"
         assert set(prompt) <= vocab
         words, anchors = mdm_response(maze, PAD)
         assert len(words) == expected_len
@@ -147,16 +148,17 @@ def test_word_encodings(mazes, name: str) -> None:
 def test_hand_maze_encodings() -> None:
     maze = Maze("easy", GRID, START, GOAL, tuple(SUBS), tuple(BOTTOM))
     assert segments(maze) == [[(1, 0), (2, 0)], [(3, 1), (3, 2)]]
-    assert prompt_words(maze)[:6] == ["c0_0", "c0_1", "c0_2", "c0_3", "c1_0", "w1_1"]
-    assert prompt_words(maze)[16:] == ["<start>", "c0_0", "<sub>", "c3_0", "<goal>", "c2_2"]
-    words, anchors = mdm_response(maze, PAD)  # easy: max_segment 5 -> 3 + 2 * 5 words
-    assert words == ["c0_0", "c1_0", "c2_0"] + [PAD] * 3 + ["c3_0", "c3_1", "c3_2"] + [PAD] * 3 + ["c2_2"]
-    assert anchors == [0, 6, 12]
+    walls = [f"c{r}_{c}" for r, row in enumerate(GRID) for c, ch in enumerate(row) if ch == "#"]
+    assert walls[0] == "c1_1" and prompt_words(maze) == ["<n4>", *walls, "<start>", "c0_0", "<sub>", "c3_0",
+                                                         "<goal>", "c2_2"]  # fmt: skip
+    words, anchors = mdm_response(maze, PAD)  # easy: max_segment 4 -> 3 + 2 * 4 words
+    assert words == ["c0_0", "c1_0", "c2_0"] + [PAD] * 2 + ["c3_0", "c3_1", "c3_2"] + [PAD] * 2 + ["c2_2"]
+    assert anchors == [0, 5, 10]
     assert flexmdm_response(maze) == (["c0_0", "c1_0", "c2_0", "c3_0", "c3_1", "c3_2", "c2_2"], [0, 3, 6])
     with pytest.raises(ValueError, match="pad_word"):
         mdm_response(maze, "c0_0")
     vocab = vocabulary(2)
-    assert vocab[:3] == list(MARKERS) and len(vocab) == 3 + 2 * 4 and len(set(vocab)) == len(vocab)
+    assert vocab[:5] == [*MARKERS, "<n1>", "<n2>"] and len(vocab) == 3 + 2 + 4 and len(set(vocab)) == len(vocab)
 
 
 def test_decode_path() -> None:
