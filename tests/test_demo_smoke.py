@@ -73,3 +73,19 @@ def test_eval_results_table_and_histogram(demo_out):
     table = (demo_out / "results.md").read_text()
     for row in ("base MDM", "MDM fine-tune", "FlexMDM", "GSM8K answers (data)", "fine-tune flexmdm"):
         assert row in table
+
+
+def test_results_open_with_the_small_scale_reproduction(demo_out):
+    table = (demo_out / "results.md").read_text()
+    repro = table.index("## Small-scale reproduction")
+    assert (
+        repro < table.index("## Real-data pipeline")
+        and "### Maze planning" in table
+        and "paper: FlexMDM" in table
+    )
+    records = json.loads((demo_out / "repro" / "results.json").read_text())["records"]
+    assert {(r["model"], r["level"]) for r in records} >= {
+        ("flexmdm", "hard"),
+        ("mdm", "hard"),
+        ("retrofit", "hard"),
+    }

@@ -1,4 +1,8 @@
-"""The demo's stages as the exact public commands a user would type (issue #8).
+"""The demo's stages as the exact public commands a user would type.
+
+First the small-scale reproduction (`retrofit repro maze`: MDM vs FlexMDM vs retrofit on a task a
+tiny model learns), then the real-data pipeline on a tiny LLaDA (tokenizer, pre-training, graft,
+fine-tunes, export, GSM8K / HumanEval-infilling / length evaluations).
 
 Every stage is a command line (`retrofit ...` or `accelerate launch -m retrofit.train ...`), run
 as a subprocess by `retrofit.demo.runner`; nothing calls library internals directly. The sizes
@@ -38,12 +42,14 @@ class DemoSizes:
     llada_gen: int = 256  # LLaDA baselines: generated tokens, decoded semi-autoregressively in
     llada_block: int = 32  # blocks of this size (LLaDA's recommended setting; steps % blocks == 0)
     processes: int = 2
+    repro: str = "maze"  # the small-scale reproduction shown first (`retrofit repro TASK`)
+    repro_quick: bool = False
 
 
 FULL = DemoSizes()
 SMOKE = DemoSizes(
     layers=2, d_model=64, heads=4, vocab=1024, canvas=256, pretrain_steps=4, finetune_steps=4,
-    gsm8k_limit=2, infill_limit=2, length_samples=4, steps=8,
+    gsm8k_limit=2, infill_limit=2, length_samples=4, steps=8, repro_quick=True,
 )  # fmt: skip
 
 
@@ -105,7 +111,11 @@ def build_plan(out: Path, sizes: DemoSizes, data_dir: Path, seed: int = 0) -> li
         f"training.loss_normalizer={sizes.canvas}",
         f"training.seed={seed}",
     ]
+    repro = out / "repro"
     stages = [
+        Stage(f"repro {sizes.repro}", _retrofit(
+            "repro", sizes.repro, "--out", repro, "--seeds", 1, *(["--quick"] if sizes.repro_quick else [])),
+            repro / "results.json"),
         Stage("tokenizer + tiny LLaDA", _retrofit(
             "tiny-llada", "--out", init, "--layers", sizes.layers, "--d-model", sizes.d_model,
             "--heads", sizes.heads, "--vocab", sizes.vocab, "--seed", seed, "--overwrite",

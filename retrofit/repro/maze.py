@@ -47,9 +47,9 @@ class MazeLevel:
 
 
 LEVELS: dict[str, MazeLevel] = {
-    "easy": MazeLevel("easy", size=5, wall_density=0.25, subgoals=1, max_segment=4, min_path=4),
-    "medium": MazeLevel("medium", size=7, wall_density=0.3, subgoals=2, max_segment=5, min_path=8),
-    "hard": MazeLevel("hard", size=9, wall_density=0.3, subgoals=3, max_segment=5, min_path=12),
+    "easy": MazeLevel("easy", size=5, wall_density=0.25, subgoals=1, max_segment=3, min_path=4),
+    "medium": MazeLevel("medium", size=6, wall_density=0.3, subgoals=2, max_segment=3, min_path=7),
+    "hard": MazeLevel("hard", size=7, wall_density=0.3, subgoals=3, max_segment=4, min_path=10),
 }
 
 
@@ -343,7 +343,9 @@ def prompt_words(maze: Maze) -> list[str]:
     """The maze as words: its size, its wall cells (row-major, as the same cell words a path uses, so
     "is this path cell a wall" is a match of identical tokens), then "<start>" start,
     ("<sub>" subgoal)*, "<goal>" goal. With the size, the walls describe the grid completely."""
-    walls = [cell_word((r, c), False) for r, row in enumerate(maze.grid) for c, ch in enumerate(row) if ch == "#"]
+    walls = [
+        cell_word((r, c), False) for r, row in enumerate(maze.grid) for c, ch in enumerate(row) if ch == "#"
+    ]
     words = [size_word(len(maze.grid)), *walls, MARKERS[0], cell_word(maze.start, False)]
     for sub in maze.subgoals:
         words += [MARKERS[1], cell_word(sub, False)]

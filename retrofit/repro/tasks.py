@@ -102,7 +102,7 @@ class MazeTask:
     """Subgoal-conditioned shortest-path planning on random grid mazes, three levels."""
 
     name = "maze"
-    canvas = 80
+    canvas = 64
     full = Sizes(steps=1000, train_rows=30000, test_cases=96, sample_steps=32)
     quick = Sizes(steps=4, train_rows=64, test_cases=6, sample_steps=4, layers=2, d_model=32)
 

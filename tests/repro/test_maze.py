@@ -151,14 +151,16 @@ def test_hand_maze_encodings() -> None:
     walls = [f"c{r}_{c}" for r, row in enumerate(GRID) for c, ch in enumerate(row) if ch == "#"]
     assert walls[0] == "c1_1" and prompt_words(maze) == ["<n4>", *walls, "<start>", "c0_0", "<sub>", "c3_0",
                                                          "<goal>", "c2_2"]  # fmt: skip
-    words, anchors = mdm_response(maze, PAD)  # easy: max_segment 4 -> 3 + 2 * 4 words
-    assert words == ["c0_0", "c1_0", "c2_0"] + [PAD] * 2 + ["c3_0", "c3_1", "c3_2"] + [PAD] * 2 + ["c2_2"]
-    assert anchors == [0, 5, 10]
+    words, anchors = mdm_response(maze, PAD)  # easy: max_segment 3 -> 3 + 2 * 3 words
+    assert words == ["c0_0", "c1_0", "c2_0", PAD, "c3_0", "c3_1", "c3_2", PAD, "c2_2"]
+    assert anchors == [0, 4, 8]
     assert flexmdm_response(maze) == (["c0_0", "c1_0", "c2_0", "c3_0", "c3_1", "c3_2", "c2_2"], [0, 3, 6])
     with pytest.raises(ValueError, match="pad_word"):
         mdm_response(maze, "c0_0")
     vocab = vocabulary(2)
-    assert vocab[:5] == [*MARKERS, "<n1>", "<n2>"] and len(vocab) == 3 + 2 + 4 and len(set(vocab)) == len(vocab)
+    assert (
+        vocab[:5] == [*MARKERS, "<n1>", "<n2>"] and len(vocab) == 3 + 2 + 4 and len(set(vocab)) == len(vocab)
+    )
 
 
 def test_decode_path() -> None:

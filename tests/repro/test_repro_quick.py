@@ -27,7 +27,9 @@ def test_records_cover_every_task_model_and_level(quick_run) -> None:
     out, results = quick_run
     keys = {(r["task"], r["model"], r["level"]) for r in results["records"]}
     models = ("mdm", "flexmdm", "retrofit")
-    assert keys == {("brackets", m, None) for m in models} | {("maze", m, lv) for m in models for lv in maze.LEVELS}
+    assert keys == {("brackets", m, None) for m in models} | {
+        ("maze", m, lv) for m in models for lv in maze.LEVELS
+    }
     for r in results["records"]:
         assert r["seed"] == 0 and r["train_steps"] == 4 and r["global_batch"] == 32 and r["train_tokens"] > 0
     assert json.loads((out / "results.json").read_text()) == json.loads(json.dumps(results))
@@ -40,7 +42,9 @@ def test_model_folders_come_from_the_pipeline(quick_run) -> None:
     out, results = quick_run
     dirs = {(r["task"], r["model"]): r["model_dir"] for r in results["records"]}
     for task in ("brackets", "maze"):
-        mdm, flex, retro = (json.loads(open(f"{dirs[task, m]}/config.json").read()) for m in ("mdm", "flexmdm", "retrofit"))
+        mdm, flex, retro = (
+            json.loads(open(f"{dirs[task, m]}/config.json").read()) for m in ("mdm", "flexmdm", "retrofit")
+        )
         assert (mdm["model_type"], flex["model_type"], retro["model_type"]) == ("llada", "flexmdm", "flexmdm")
         assert dirs[task, "retrofit"].endswith("retrofit/export")  # written by `retrofit export`
         assert (out / "work" / task / "seed0" / "mdm-half" / "config.json").is_file()
@@ -49,11 +53,16 @@ def test_model_folders_come_from_the_pipeline(quick_run) -> None:
 def test_samples_are_written_and_rescore_to_the_records(quick_run) -> None:
     out, results = quick_run
     for model in ("mdm", "flexmdm", "retrofit"):
-        rows = [json.loads(x) for x in (out / "samples" / f"brackets-{model}-seed0.jsonl").read_text().splitlines()]
+        rows = [
+            json.loads(x)
+            for x in (out / "samples" / f"brackets-{model}-seed0.jsonl").read_text().splitlines()
+        ]
         assert len(rows) == 8 and all(set(r) == {"text"} for r in rows)
         record = next(r for r in results["records"] if r["task"] == "brackets" and r["model"] == model)
         assert brackets.evaluate([r["text"] for r in rows])["validity"] == record["metrics"]["validity"]
-        mazes = [json.loads(x) for x in (out / "samples" / f"maze-{model}-seed0.jsonl").read_text().splitlines()]
+        mazes = [
+            json.loads(x) for x in (out / "samples" / f"maze-{model}-seed0.jsonl").read_text().splitlines()
+        ]
         assert len(mazes) == MazeTask.quick.test_cases
         for row in mazes:
             assert set(row) == {"level", "grid", "start", "goal", "subgoals", "path"}
