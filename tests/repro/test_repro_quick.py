@@ -8,6 +8,7 @@ in the documented format, with metrics computed from the written samples.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -43,7 +44,7 @@ def test_model_folders_come_from_the_pipeline(quick_run) -> None:
     dirs = {(r["task"], r["model"]): r["model_dir"] for r in results["records"]}
     for task in ("brackets", "maze"):
         mdm, flex, retro = (
-            json.loads(open(f"{dirs[task, m]}/config.json").read()) for m in ("mdm", "flexmdm", "retrofit")
+            json.loads(Path(dirs[task, m], "config.json").read_text()) for m in ("mdm", "flexmdm", "retrofit")
         )
         assert (mdm["model_type"], flex["model_type"], retro["model_type"]) == ("llada", "flexmdm", "flexmdm")
         assert dirs[task, "retrofit"].endswith("retrofit/export")  # written by `retrofit export`
