@@ -52,8 +52,9 @@ def sample_brackets(
         batch: rows per sampler call.
 
     Returns:
-        list of n strings; a token that is not a bracket (EOS inside, BOS, ...) is kept as its
-        token text, so the checker counts the sample invalid.
+        list of n strings, one character per generated token: a token that is not a bracket
+        (BOS, a chat-template token, an unused id) is written as "?", so the string's length is
+        the sample's length in tokens and the checker counts it invalid.
     """
     from retrofit.sampling.flexmdm import FlexMDMSampler, FlexMDMSamplerConfig
     from retrofit.sampling.mdm import MDMSampler, MDMSamplerConfig
@@ -71,7 +72,7 @@ def sample_brackets(
             config = MDMSamplerConfig(gen_length=canvas, block_length=canvas, steps=steps, temperature=1.0,
                                       remasking="random")  # fmt: skip
             out = MDMSampler(model, config, tokenizer).sample([[]], num_samples=rows, generator=gen)
-        texts += ["".join(_words(tokenizer, ids)) for ids in out.generated]
+        texts += ["".join(w if len(w) == 1 else "?" for w in _words(tokenizer, ids)) for ids in out.generated]
     return texts
 
 
