@@ -91,6 +91,14 @@ def test_overrides_coerce_types_and_reach_lists():
     assert printed["training"]["max_steps"] == 12 and printed["training"]["learning_rate"] == 2e-4
 
 
+def test_yaml11_words_in_overrides_stay_words_for_text_fields():
+    """`save_strategy=no` is the strategy "no" (PyYAML would read False); bool fields still read it."""
+    recipe = load_recipe(REPO / "recipes/tiny/flexmdm-sft.yaml",
+                         ["training.save_strategy=no", "lora.train_token_head=yes", "objective.trim=off"])  # fmt: skip
+    assert recipe.training.save_strategy == "no"
+    assert recipe.lora.train_token_head is True and recipe.objective.trim is False
+
+
 @pytest.mark.parametrize(
     ("override", "message"),
     [

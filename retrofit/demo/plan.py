@@ -34,7 +34,7 @@ class DemoSizes:
     vocab: int = 4096
     canvas: int = 384
     pretrain_steps: int = 150
-    finetune_steps: int = 300
+    finetune_steps: int = 150  # 300 before the reproduction stage joined the 20-minute budget
     gsm8k_limit: int = 8
     infill_limit: int = 10
     length_samples: int = 24

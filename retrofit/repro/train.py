@@ -110,7 +110,7 @@ def train_models(
     _replace(mdm_dir / "final", halfway)
     # 2. MDM from N/2 to N (the Trainer restores optimizer, scheduler, RNG and data position).
     second = _train(recipes["mdm"], mdm_dir, common + overrides.get("mdm", []) + [
-        f"training.max_steps={steps}", "training.save_strategy='no'",
+        f"training.max_steps={steps}", "training.save_strategy=no",
         f"training.resume_from_checkpoint={mdm_dir / f'checkpoint-{half}'}"])  # fmt: skip
     runs["mdm"] = ModelRun(
         "mdm", mdm_dir / "final", steps, first.seconds + second.seconds, [first.log, second.log]
@@ -118,7 +118,7 @@ def train_models(
     echo(f"[repro]   mdm: {steps} steps in {runs['mdm'].seconds:.0f} s")
     # 3. FlexMDM from scratch, N steps.
     flex = _train(recipes["flexmdm"], work / "flexmdm", common + overrides.get("flexmdm", []) + [
-        f"training.max_steps={steps}", "training.save_strategy='no'"])  # fmt: skip
+        f"training.max_steps={steps}", "training.save_strategy=no"])  # fmt: skip
     runs["flexmdm"] = ModelRun("flexmdm", work / "flexmdm" / "final", steps, flex.seconds, [flex.log])
     echo(f"[repro]   flexmdm: {steps} steps in {flex.seconds:.0f} s")
     # 4. Retrofit: graft mdm-half, LoRA + new modules for N/2 steps, then `retrofit export`.

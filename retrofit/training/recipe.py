@@ -114,12 +114,26 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str] | tuple[str, ...])
             elif not isinstance(node, dict):
                 raise RecipeError(f"override {key}: {'.'.join(parts[:depth])} is a value, not a section")
             if last:
-                node[part] = yaml.safe_load(text) if text.strip() else ""
+                node[part] = _override_value(text)
             else:
                 if isinstance(node, dict) and node.get(part) is None:
                     node[part] = {}
                 node = node[part]
     return raw
+
+
+_YAML11_WORDS = {"yes", "no", "on", "off", "y", "n"}
+
+
+def _override_value(text: str) -> Any:
+    """A command-line value parsed as YAML, except YAML 1.1's yes / no / on / off, kept as text.
+
+    `training.save_strategy=no` must mean the strategy "no", not False; bool fields still read
+    these words (see `coerce`).
+    """
+    if not text.strip():
+        return ""
+    return text.strip() if text.strip().lower() in _YAML11_WORDS else yaml.safe_load(text)
 
 
 def build_recipe(raw: dict[str, Any]) -> Recipe:
