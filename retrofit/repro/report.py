@@ -100,8 +100,9 @@ def _maze_table(records: list[dict]) -> list[str]:
     hardest = levels[-1]
     f, m, r = (_mean(groups.get((name, hardest), []), "success") for name in ("flexmdm", "mdm", "retrofit"))
     if None not in (f, m, r):
+        vacuous = " (vacuous: both solve nothing)" if max(r, f) == 0 else ""
         lines += ["", f"Targets ({hardest}): FlexMDM >= MDM + 20 points: **{_yes(f >= m + 0.2)}** ({f:.3f} vs {m:.3f}); "
-                  f"retrofit within 5 points of the FlexMDM: **{_yes(abs(r - f) <= 0.05)}** ({r:.3f} vs {f:.3f})."]  # fmt: skip
+                  f"retrofit within 5 points of the FlexMDM: **{_yes(abs(r - f) <= 0.05)}** ({r:.3f} vs {f:.3f}){vacuous}."]  # fmt: skip
     return lines
 
 
