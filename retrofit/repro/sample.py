@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from retrofit.repro import maze as maze_task
+from retrofit.repro import maze_words
 
 __all__ = ["sample_brackets", "sample_mazes"]
 
@@ -113,9 +114,9 @@ def sample_mazes(
             level_groups.setdefault(mazes[i].level, []).append(i)
         for j, group in enumerate(level_groups.values()):
             gen = _generator(seed, k, j)
-            prompts = [_ids(tokenizer, maze_task.prompt_words(mazes[i])) for i in group]
+            prompts = [_ids(tokenizer, maze_words.prompt_words(mazes[i])) for i in group]
             if kind == "flexmdm":
-                anchors = [_ids(tokenizer, [maze_task.cell_word(p, False) for p in maze_task.waypoints(mazes[i])])
+                anchors = [_ids(tokenizer, [maze_words.cell_word(p, False) for p in maze_task.waypoints(mazes[i])])
                            for i in group]  # fmt: skip
                 config = FlexMDMSamplerConfig(steps=steps, confidence="top_prob", temperature=0.0, fill="argmax",
                                               max_middle=4 * len(mazes[group[0]].grid) ** 2)  # fmt: skip
@@ -133,13 +134,13 @@ def sample_mazes(
                 )
                 out.generated[:] = [ids[: len(template)] for ids in out.generated]
             for i, ids in zip(group, out.generated):
-                paths[i] = maze_task.decode_path(_words(tokenizer, ids), pad_word=pad)
+                paths[i] = maze_words.decode_path(_words(tokenizer, ids), pad_word=pad)
     return paths
 
 
 def _mdm_template(maze: maze_task.Maze, pad: str, mask: str) -> list[str]:
     """The MDM's canvas after the prompt: given points kept, every other slot a mask."""
-    words, anchors = maze_task.mdm_response(maze, pad)
+    words, anchors = maze_words.mdm_response(maze, pad)
     keep = set(anchors)
     return [w if i in keep else mask for i, w in enumerate(words)]
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from retrofit.repro import brackets, maze
+from retrofit.repro import brackets, maze, maze_words
 from retrofit.repro.sample import sample_brackets, sample_mazes
 
 __all__ = ["TASKS", "BracketsTask", "MazeTask", "Sizes"]
@@ -112,7 +112,7 @@ class MazeTask:
 
     def words(self) -> list[str]:
         """Free / wall cell words of the largest grid and the markers."""
-        return maze.vocabulary(self.max_size)
+        return maze_words.vocabulary(self.max_size)
 
     def _mazes(self, seed: int, n: int) -> list[maze.Maze]:
         per = [n // len(self.levels) + (i < n % len(self.levels)) for i in range(len(self.levels))]
@@ -126,10 +126,10 @@ class MazeTask:
         """FlexMDM rows (prompt, path, anchor indices) and MDM rows (prompt, padded template, anchors)."""
         flex, fixed = [], []
         for m in self._mazes(seed, rows):
-            prompt = " ".join(maze.prompt_words(m))
-            words, anchors = maze.flexmdm_response(m)
+            prompt = " ".join(maze_words.prompt_words(m))
+            words, anchors = maze_words.flexmdm_response(m)
             flex.append({"prompt": prompt, "response": " ".join(words), "anchors": anchors})
-            words, anchors = maze.mdm_response(m, EOS_WORD)
+            words, anchors = maze_words.mdm_response(m, EOS_WORD)
             fixed.append({"prompt": prompt, "response": " ".join(words), "anchors": anchors})
         flex_path = _write_jsonl(folder / "train-flexmdm.jsonl", flex)
         return {
@@ -141,7 +141,7 @@ class MazeTask:
     def mean_tokens(self) -> float:
         """Mean x1 tokens (prompt + FlexMDM path) of a training example, on 300 mazes."""
         sample = self._mazes(0, 300)
-        return sum(len(maze.prompt_words(m)) + len(m.path) for m in sample) / len(sample)
+        return sum(len(maze_words.prompt_words(m)) + len(m.path) for m in sample) / len(sample)
 
     def test_cases(self, seed: int, n: int) -> list[maze.Maze]:
         """n mazes, levels in equal shares, from a stream disjoint from the training rows."""

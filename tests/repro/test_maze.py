@@ -10,22 +10,24 @@ import pytest
 
 from retrofit.repro.maze import (
     LEVELS,
-    MARKERS,
     Maze,
     check_maze_path,
     check_path,
-    decode_path,
     evaluate,
-    flexmdm_response,
     generate,
-    mdm_response,
     optimal_length,
-    prompt_words,
     sample_record,
     segments,
     shortest_path,
-    vocabulary,
     waypoints,
+)
+from retrofit.repro.maze_words import (
+    MARKERS,
+    decode_path,
+    flexmdm_response,
+    mdm_response,
+    prompt_words,
+    vocabulary,
 )
 
 # (0,0) . . . .      Two 6-move routes from (0,0) to (2,2): along the top and right side, or down
