@@ -20,7 +20,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run every demo stage, write `<out>/results.md`, print it. Returns 0, or 1 if a stage fails."""
-    from retrofit.demo.plan import FULL, SMOKE, build_plan, default_data_dir, demo_models
+    from retrofit.demo.plan import FULL, SMOKE, base_model_dir, build_plan, default_data_dir, demo_models
     from retrofit.demo.report import write_report
     from retrofit.demo.runner import StageError, ensure_data_dir, reset_outputs, run_plan
 
@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     except StageError as err:
         print(f"[demo] {err}")
         return 1
-    base = stages[1].artefact.parent
+    base = base_model_dir(out, sizes)
     text = write_report(out, timings, demo_models(out, base), time.perf_counter() - start, args.smoke)
     print("\n" + text)
     print(f"\n[demo] wrote {out / 'results.md'}")

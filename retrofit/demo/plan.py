@@ -34,7 +34,7 @@ class DemoSizes:
     vocab: int = 4096
     canvas: int = 384
     pretrain_steps: int = 150
-    finetune_steps: int = 150  # 300 before the reproduction stage joined the 20-minute budget
+    finetune_steps: int = 250  # 300 before the reproduction stage joined the 20-minute budget
     gsm8k_limit: int = 8
     infill_limit: int = 10
     length_samples: int = 24
@@ -101,10 +101,16 @@ def base_key(sizes: DemoSizes) -> str:
     return hashlib.sha256(blob).hexdigest()[:12]
 
 
+def base_model_dir(out: Path, sizes: DemoSizes) -> Path:
+    """The pre-trained base MDM of the demo (cached under out/cache by `base_key`)."""
+    return out / "cache" / f"base-{base_key(sizes)}" / "pretrain" / "final"
+
+
 def build_plan(out: Path, sizes: DemoSizes, data_dir: Path, seed: int = 0) -> list[Stage]:
     """The demo's stages in order (see the module docstring)."""
-    cache = out / "cache" / f"base-{base_key(sizes)}"
-    init, base = cache / "init", cache / "pretrain" / "final"
+    base = base_model_dir(out, sizes)
+    cache = base.parent.parent
+    init = cache / "init"
     tiny = RECIPES / "tiny"
     common = [
         f"data.max_length={sizes.canvas}",
