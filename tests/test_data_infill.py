@@ -154,6 +154,7 @@ def test_infill_builder_pairs_and_documents(tok, tmp_path) -> None:
         "input_ids": list(b"Write f.def f():\n    return 1\n"),
         "prompt_length": 0,
         "infill_cutoff": 8,
+        "anchors": [],
     }
     truncated, report = build_dataset({**spec, "overflow": "truncate"}, tok, max_length=40)
     assert [len(x) for x in truncated["input_ids"]] == [30, 40] and report.truncated == 1

@@ -58,8 +58,8 @@ def test_text_builder_split_vs_truncate_and_counts(
     spec = {"format": "text", "source": str(docs_file), "overflow": overflow}
     ds, report = build_dataset(spec, tok, max_length=10, seed=0)
     assert [len(x) for x in ds["input_ids"]] == lengths
-    assert ds.column_names == ["input_ids", "prompt_length", "infill_cutoff"]
-    assert set(ds["prompt_length"]) == {0} and set(ds["infill_cutoff"]) == {-1}
+    assert ds.column_names == ["input_ids", "prompt_length", "infill_cutoff", "anchors"]
+    assert set(ds["prompt_length"]) == {0} and set(ds["infill_cutoff"]) == {-1} and not any(ds["anchors"])
     assert ds[0]["input_ids"] == [ord("a")] * 10  # no special tokens, one sample per document
     assert (report.rows, report.samples, dict(report.skipped)) == (4, len(lengths), skipped)
     assert (report.truncated, report.split_extra) == (truncated, extra)

@@ -8,8 +8,9 @@ Each task's models are reloaded from disk (`retrofit.sampling.load.load_model`) 
   Both draw tokens at temperature 1 in a random order (ancestral sampling of the model), so
   length and validity statistics are the models' own;
 * maze, subgoal-conditioned: the canvas starts as the prompt plus the path's given points
-  (start, subgoals, goal). The FlexMDM inserts between them (`FlexMDMSampler.infill` with
-  ``middles``) and so picks every segment's length; the MDM fills a fixed budget of masks per
+  (start, subgoals, goal). The FlexMDM inserts only between start and goal (the prompt and start
+  are its fixed prefix, the goal its suffix, the subgoals its ``middles``) and so picks every
+  segment's length; the MDM fills a fixed budget of masks per
   segment (`MDMSampler.infill` with template ``middles``), padding with EOS as LLaDA does.
   Both decode greedily (temperature 0, most confident first).
 
@@ -115,14 +116,18 @@ def sample_mazes(
         for j, group in enumerate(level_groups.values()):
             gen = _generator(seed, k, j)
             prompts = [_ids(tokenizer, maze_words.prompt_words(mazes[i])) for i in group]
-            if kind == "flexmdm":
-                anchors = [_ids(tokenizer, [maze_words.cell_word(p, False) for p in maze_task.waypoints(mazes[i])])
-                           for i in group]  # fmt: skip
+            if kind == "flexmdm":  # start ends the fixed prefix, goal is the suffix: insert only between
+                points = [_ids(tokenizer, [maze_words.cell_word(p, False) for p in maze_task.waypoints(mazes[i])])
+                          for i in group]  # fmt: skip
                 config = FlexMDMSamplerConfig(steps=steps, confidence="top_prob", temperature=0.0, fill="argmax",
                                               max_middle=4 * len(mazes[group[0]].grid) ** 2)  # fmt: skip
                 out = FlexMDMSampler(model, config).infill(
-                    prompts, [[] for _ in group], generator=gen, middles=anchors
+                    [p + w[:1] for p, w in zip(prompts, points)],
+                    [w[-1:] for w in points],
+                    generator=gen,
+                    middles=[w[1:-1] for w in points],
                 )
+                out.generated[:] = [w[:1] + ids + w[-1:] for w, ids in zip(points, out.generated)]
             else:
                 template = _mdm_template(mazes[group[0]], pad, mask_word)
                 tail = [mask_word] * max(canvas - len(prompts[0]) - len(template), 0)
