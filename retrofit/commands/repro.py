@@ -16,10 +16,13 @@ from pathlib import Path
 TASK_CHOICES = ("brackets", "maze", "all")
 
 
-def _positive(text: str) -> int:
+def count(text: str) -> int:
+    """A number of seeds (>= 1); argparse names this function in its errors."""
     value = int(text)
     if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+        raise argparse.ArgumentTypeError(
+            f"a number of seeds must be >= 1 (--seeds 3 runs seeds 0, 1, 2), got {value}"
+        )
     return value
 
 
@@ -29,9 +32,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--out", type=Path, default=Path("repro-out"), help="output folder (default repro-out)"
     )
-    parser.add_argument("--seeds", type=_positive, default=1,
-                        help="seeds 0..N-1, each a full train + sample run (default 1; the README's table: 3)")  # fmt: skip
-    parser.add_argument("--quick", action="store_true", help="tiny sizes: checks the pipeline in ~1 min")
+    parser.add_argument("--seeds", type=count, default=1,
+                        help="how many seeds: runs seeds 0..N-1, each a full train + sample run (default 1; the "
+                             "README's table: 3)")  # fmt: skip
+    parser.add_argument("--quick", action="store_true", help="tiny sizes: checks the pipeline in ~20 s")
     parser.add_argument("--recipes", type=Path, default=None,
                         help="folder of <task>-<model>.yaml recipes (default the checkout's recipes/repro)")  # fmt: skip
 

@@ -76,7 +76,7 @@ def _brackets_table(records: list[dict]) -> list[str]:
     if None not in (flex, mdm, fv, mv):
         lines += ["", f"Targets: FlexMDM length TV <= 0.05: **{_yes(flex <= 0.05)}** ({flex:.3f}); at most a third of "
                   f"the MDM's: **{_yes(flex <= mdm / 3)}** ({flex:.3f} vs {mdm:.3f} / 3); validity at least the MDM's: "
-                  f"**{_yes(fv >= mv)}** ({fv:.3f} vs {mv:.3f})."]  # fmt: skip
+                  f"**{_yes(fv >= mv)}** ({fv:.3f} vs {mv:.3f}){' (vacuous: both 0)' if max(fv, mv) == 0 else ''}."]  # fmt: skip
     return lines
 
 

@@ -59,6 +59,14 @@ def run_repro(
     unknown = [t for t in tasks if t not in TASKS]
     if unknown or seeds < 1:
         raise ValueError(f"repro: tasks must be among {sorted(TASKS)} and seeds >= 1 (got {tasks}, {seeds})")
+    missing = [
+        f"{t}-{m}.yaml" for t in tasks for m in MODELS if not (recipes_dir / f"{t}-{m}.yaml").is_file()
+    ]
+    if missing:
+        raise FileNotFoundError(
+            f"repro: {recipes_dir} lacks the recipes {missing}; point --recipes at a folder holding "
+            "<task>-<model>.yaml (a source checkout's recipes/repro)"
+        )
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     results: dict[str, Any] = {"config": {"tasks": tasks, "seeds": seeds, "quick": quick}, "records": []}

@@ -71,3 +71,9 @@ def test_samples_are_written_and_rescore_to_the_records(quick_run) -> None:
             check = maze.check_path(row["grid"], tuple(row["start"]), tuple(row["goal"]),
                                     [tuple(s) for s in row["subgoals"]], row["path"])  # fmt: skip
             assert check.success in (True, False)
+
+
+def test_missing_recipes_fail_before_any_work(tmp_path) -> None:
+    with pytest.raises(FileNotFoundError, match="maze-mdm.yaml.*point --recipes"):
+        run_repro(["maze"], tmp_path / "out", quick=True, recipes_dir=tmp_path / "none", echo=lambda _: None)
+    assert not (tmp_path / "out").exists()
