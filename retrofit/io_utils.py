@@ -82,12 +82,25 @@ def write_json_atomic(path: str | os.PathLike, obj: Any) -> Path:
     Returns:
         The final path.
     """
+    return _write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def write_jsonl_atomic(path: str | os.PathLike, rows: Iterable[Any]) -> Path:
+    """Write one JSON value per line to `path` atomically (parent folders created).
+
+    Returns:
+        The final path.
+    """
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    return _write_text_atomic(path, "".join(json.dumps(row) + "\n" for row in rows))
+
+
+def _write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f"{TMP_PREFIX}{path.name}-", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(obj, handle, indent=2, sort_keys=False)
-            handle.write("\n")
+            handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)

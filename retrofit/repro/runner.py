@@ -16,12 +16,12 @@ Usage:
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from retrofit.io_utils import write_json_atomic, write_jsonl_atomic
 from retrofit.repro.tasks import TASKS
 from retrofit.repro.train import MODELS, train_models, write_base
 
@@ -74,9 +74,9 @@ def run_repro(
         task = TASKS[name]()
         for seed in range(seeds):
             results["records"] += run_task(task, out, seed, quick=quick, recipes_dir=recipes_dir, echo=echo)
-            _write_json(out / "results.json", results)
+            write_json_atomic(out / "results.json", results)
     results["config"]["wall_seconds"] = round(time.perf_counter() - start, 1)
-    _write_json(out / "results.json", results)
+    write_json_atomic(out / "results.json", results)
     write_report(out, results)
     return results
 
@@ -108,7 +108,9 @@ def run_task(
         model, tokenizer, kind = load_model(run.path, dtype="fp32")
         outputs = task.sample(model, kind, tokenizer, cases, seed, sizes.sample_steps)
         sample_seconds = time.perf_counter() - started
-        _write_jsonl(out / "samples" / f"{task.name}-{name}-seed{seed}.jsonl", task.records(cases, outputs))
+        write_jsonl_atomic(
+            out / "samples" / f"{task.name}-{name}-seed{seed}.jsonl", task.records(cases, outputs)
+        )
         for level, metrics in task.score(cases, outputs):
             records.append({
                 "task": task.name, "model": name, "seed": seed, "level": level, "metrics": metrics,
@@ -127,16 +129,3 @@ def _global_batch(recipe: Path) -> int:
 
     training = yaml.safe_load(recipe.read_text())["training"]
     return int(training["per_device_train_batch_size"]) * int(training.get("gradient_accumulation_steps", 1))
-
-
-def _write_json(path: Path, value: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(value, indent=1) + "\n")
-    tmp.replace(path)
-
-
-def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    tmp.replace(path)

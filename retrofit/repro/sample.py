@@ -129,15 +129,15 @@ def sample_mazes(
                 )
                 out.generated[:] = [w[:1] + ids + w[-1:] for w, ids in zip(points, out.generated)]
             else:
-                template = _mdm_template(mazes[group[0]], pad, mask_word)
-                tail = [mask_word] * max(canvas - len(prompts[0]) - len(template), 0)
-                templates = [_ids(tokenizer, _mdm_template(mazes[i], pad, mask_word) + tail) for i in group]
+                words = [_mdm_template(mazes[i], pad, mask_word) for i in group]  # one length per level
+                tail = [mask_word] * max(canvas - len(prompts[0]) - len(words[0]), 0)
+                templates = [_ids(tokenizer, w + tail) for w in words]
                 config = MDMSamplerConfig(gen_length=canvas, block_length=canvas, steps=steps, temperature=0.0,
                                           remasking="low_confidence", stop_at_eos=False)  # fmt: skip
                 out = MDMSampler(model, config, tokenizer).infill(
                     prompts, [[] for _ in group], generator=gen, middles=templates
                 )
-                out.generated[:] = [ids[: len(template)] for ids in out.generated]
+                out.generated[:] = [ids[: len(words[0])] for ids in out.generated]
             for i, ids in zip(group, out.generated):
                 paths[i] = maze_words.decode_path(_words(tokenizer, ids), pad_word=pad)
     return paths

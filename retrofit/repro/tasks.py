@@ -11,11 +11,11 @@ Sizes (`Sizes`) are per task, for the full run and for ``--quick`` (a seconds-lo
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from retrofit.io_utils import write_jsonl_atomic
 from retrofit.repro import brackets, maze, maze_words
 from retrofit.repro.sample import sample_brackets, sample_mazes
 
@@ -43,14 +43,6 @@ class Sizes:
         return {"layers": self.layers, "d_model": self.d_model, "heads": self.heads}
 
 
-def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    tmp.replace(path)
-    return path
-
-
 class BracketsTask:
     """Unconditional balanced brackets with a multimodal length law (default 4/8/32/64 w.p. .1/.2/.3/.4)."""
 
@@ -72,7 +64,7 @@ class BracketsTask:
     def write_data(self, folder: Path, seed: int, rows: int) -> dict[str, Path]:
         """One text file for every model (the MDM's EOS tail comes from its collator)."""
         texts = brackets.generate(rows, seed=seed, law=self.law, types=self.types)
-        path = _write_jsonl(folder / "train.jsonl", [{"text": " ".join(t)} for t in texts])
+        path = write_jsonl_atomic(folder / "train.jsonl", [{"text": " ".join(t)} for t in texts])
         return {"mdm": path, "flexmdm": path, "retrofit": path}
 
     def mean_tokens(self) -> float:
@@ -131,9 +123,9 @@ class MazeTask:
             flex.append({"prompt": prompt, "response": " ".join(words), "anchors": anchors})
             words, anchors = maze_words.mdm_response(m, EOS_WORD)
             fixed.append({"prompt": prompt, "response": " ".join(words), "anchors": anchors})
-        flex_path = _write_jsonl(folder / "train-flexmdm.jsonl", flex)
+        flex_path = write_jsonl_atomic(folder / "train-flexmdm.jsonl", flex)
         return {
-            "mdm": _write_jsonl(folder / "train-mdm.jsonl", fixed),
+            "mdm": write_jsonl_atomic(folder / "train-mdm.jsonl", fixed),
             "flexmdm": flex_path,
             "retrofit": flex_path,
         }
