@@ -205,7 +205,10 @@ def test_verify_tiny_checkpoint_reports_tokenizer_facts(tiny_llada_dir):
     assert report.facts["tokenizer(text) adds BOS"] is False
     assert report.facts["chat template"] == "present"
     assert report.facts["'<infill-boundary>' tokenizes to"].startswith("17 token(s) [60, 105,")
-    assert report.remote == "skipped: the folder ships no modeling_llada.py"
+    assert report.remote == (
+        "skipped: config.json auto_map names configuration_llada.py, modeling_llada.py, "
+        "which the folder does not ship"
+    )
     assert report.format().endswith("OK")
 
 
@@ -222,11 +225,13 @@ def test_verify_flags_broken_folders(tiny_llada_dir, tmp_path):
 
 def test_verify_remote_code_comparison(tiny_llada_dir, tmp_path, monkeypatch):
     path = _copy(tiny_llada_dir, tmp_path)
-    (path / "modeling_llada.py").write_text("# stand-in: load_remote_model is patched below\n")
+    for name in ("configuration_llada.py", "modeling_llada.py"):
+        (path / name).write_text("# stand-in: load_remote_model is patched below\n")
     same = load_llada(path)
     monkeypatch.setattr(retrofit.verify, "load_remote_model", lambda p, dtype, device: same)
     report = verify_llada(path)
-    assert report.ok and report.remote.startswith("matched: max|Δlogits| = 0")
+    assert report.ok and report.remote.startswith("matched (folder's llada.LLaDAModelLM, transformers")
+    assert "max|Δlogits| = 0 " in report.remote
 
     other = load_llada(path)
     with torch.no_grad():
@@ -241,6 +246,10 @@ def test_verify_remote_code_comparison(tiny_llada_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(retrofit.verify, "load_remote_model", broken)
     report = verify_llada(path)
     if int(transformers.__version__.split(".")[0]) >= 5:
-        assert report.ok and report.remote.startswith("skipped: remote code needs transformers 4.x")
+        assert report.ok and report.remote.startswith(
+            f"skipped: the folder's modeling code failed on transformers {transformers.__version__} "
+            "(AttributeError: 'LLaDAConfig' object has no attribute 'use_cache')"
+        )
+        assert report.remote.endswith("NOT compared") and "comparison skipped" in report.warnings[0]
     else:
-        assert not report.ok and report.remote.startswith("failed")
+        assert not report.ok and report.remote.startswith("skipped")

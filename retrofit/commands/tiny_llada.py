@@ -2,6 +2,7 @@
 
 Usage:
     $ retrofit tiny-llada --out tiny --layers 2 --d-model 64 --heads 4
+    $ retrofit tiny-llada --out tiny --modeling-code   # also ship configuration/modeling_llada.py
     $ retrofit tiny-llada --out tiny --vocab 4096 --train-on ../shared/data/gsm8k/train.jsonl /usr/lib/python3.11
 """
 
@@ -31,6 +32,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="PATH",
         help="text files / folders (.py .txt .md .jsonl .jsonl.gz) to fit the BPE tokenizer on",
     )
+    parser.add_argument(
+        "--modeling-code",
+        action="store_true",
+        help="also write configuration_llada.py / modeling_llada.py (retrofit's LLaDA code) so the "
+        "folder loads with trust_remote_code=True without retrofit, like the official folders",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --out folder")
 
 
@@ -50,14 +57,17 @@ def run(args: argparse.Namespace) -> int:
             seed=args.seed,
             train_on=args.train_on,
             overwrite=args.overwrite,
+            modeling_code=args.modeling_code,
         )
     except (FileExistsError, FileNotFoundError, ValueError) as e:
         print(f"retrofit tiny-llada: error: {e}")
         return 2
     cfg = json.loads((out / "config.json").read_text())
     shards = len(list(out.glob("model-*.safetensors")))
+    code = ", modeling code" if args.modeling_code else ""
     print(
         f"wrote {out}: {cfg['n_layers']} layers, d_model {cfg['d_model']}, {cfg['n_heads']} heads "
         f"({cfg['n_kv_heads']} kv), vocab {cfg['vocab_size']}, mask id {cfg['mask_token_id']}, {shards} shards"
+        + code
     )
     return 0

@@ -6,12 +6,16 @@ A folder written by `write_tiny_llada` looks like GSAI-ML/LLaDA-8B-Base, only sm
     model-0000k-of-0000n.safetensors   n >= 2 shards, official tensor names
     model.safetensors.index.json       {"metadata": {"total_size": bytes}, "weight_map": {...}}
     tokenizer.json, tokenizer_config.json (byte-level BPE with LLaDA's special tokens)
+    configuration_llada.py, modeling_llada.py   only with `modeling_code=True` (--modeling-code):
+                                       retrofit's own LLaDA code as the folder's remote code, so
+                                       `AutoModel.from_pretrained(dir, trust_remote_code=True)`
+                                       works without retrofit (see `write_modeling_code`)
 
 The embedding / LM-head rows (`vocab_size` = `embedding_size`) are the tokenizer size rounded up
 to a multiple of 64, like LLaDA's padded embedding; the mask id lies inside the tokenizer.
 
 Usage:
-    $ retrofit tiny-llada --out tiny --layers 2 --d-model 64
+    $ retrofit tiny-llada --out tiny --layers 2 --d-model 64 [--modeling-code]
     >>> write_tiny_llada("tiny", layers=2, d_model=64, seed=0)
 """
 
@@ -51,6 +55,9 @@ OFFICIAL_AUTO_MAP = {
     "AutoModelForCausalLM": "modeling_llada.LLaDAModelLM",
 }
 OFFICIAL_TRANSFORMERS_VERSION = "4.46.3"
+# Module files named by OFFICIAL_AUTO_MAP -> the retrofit source written in their place.
+MODELING_SOURCES = {"configuration_llada.py": "llada_config.py", "modeling_llada.py": "llada.py"}
+_NATIVE_CONFIG_IMPORT = "from retrofit.models.llada_config import LLaDAConfig"
 
 
 def official_config_dict(config: LLaDAConfig) -> dict:
@@ -70,6 +77,31 @@ def official_config_dict(config: LLaDAConfig) -> dict:
         "transformers_version": OFFICIAL_TRANSFORMERS_VERSION,
     }
     return {key: fixed[key] if key in fixed else getattr(config, key) for key in sorted(OFFICIAL_CONFIG_KEYS)}
+
+
+def write_modeling_code(out_dir: str | Path) -> list[str]:
+    """Write configuration_llada.py + modeling_llada.py (the modules `OFFICIAL_AUTO_MAP` names).
+
+    They are retrofit's native `llada_config.py` / `llada.py` with the one package import made
+    relative, so the folder's remote code is self-contained (imports only torch / transformers)
+    and computes the same logits as `retrofit.models.LLaDAModelLM`. Tests edit the written
+    modeling_llada.py to get a folder whose own code disagrees with retrofit.
+
+    Args:
+        out_dir: existing folder to write into.
+
+    Returns:
+        The written file names.
+    """
+    here = Path(__file__).resolve().parent
+    for name, source in MODELING_SOURCES.items():
+        text = (here / source).read_text(encoding="utf-8")
+        if source == "llada.py":
+            if _NATIVE_CONFIG_IMPORT not in text:
+                raise RuntimeError(f"{here / source}: expected the line {_NATIVE_CONFIG_IMPORT!r}")
+            text = text.replace(_NATIVE_CONFIG_IMPORT, "from .configuration_llada import LLaDAConfig")
+        (Path(out_dir) / name).write_text(text, encoding="utf-8")
+    return list(MODELING_SOURCES)
 
 
 def save_sharded(state: dict[str, torch.Tensor], out_dir: Path, max_shard_size: int | None = None) -> int:
@@ -152,6 +184,7 @@ def write_tiny_llada(
     max_shard_size: int | None = None,
     overwrite: bool = False,
     tokenizer: Any = None,
+    modeling_code: bool = False,
 ) -> Path:
     """Write a randomly initialised LLaDA checkpoint, deterministic for `seed` (fp32 weights).
 
@@ -168,6 +201,8 @@ def write_tiny_llada(
         tokenizer: a ready tokenizer with LLaDA's special tokens (e.g.
             `retrofit.models.tokenizer.build_word_tokenizer`) instead of building a BPE one;
             then `train_on` / `vocab_size` must be None.
+        modeling_code: also write configuration_llada.py / modeling_llada.py
+            (`write_modeling_code`), as the official folders ship them.
 
     Returns:
         Path of the written folder.
@@ -204,4 +239,6 @@ def write_tiny_llada(
         (tmp / "config.json").write_text(json.dumps(official_config_dict(config), indent=2) + "\n")
         save_sharded(model.state_dict(), tmp, max_shard_size)
         save_tokenizer(tokenizer, tmp)
+        if modeling_code:
+            write_modeling_code(tmp)
     return out_dir
