@@ -54,9 +54,9 @@ def trained_checkpoint(tiny_llada_dir, tmp_path_factory):
     import torch
 
     from retrofit.models import FlexMDMModel
-    from retrofit.training.args import LoraRecipe
     from retrofit.training.checkpoint import write_manifest
     from retrofit.training.lora import wrap_with_lora
+    from retrofit.training.sections import LoraRecipe
 
     model = FlexMDMModel.from_llada(
         tiny_llada_dir, seed=0, dtype=torch.float32, canvas_width=64, adaln_group_size=1

@@ -27,8 +27,8 @@ GRAFT = {"canvas_width": 64, "adaln_group_size": 1}
 def build_peft_model(base: Path):
     """The tiny FlexMDM wrapped with LoRA exactly as the trainer wraps it (fp32)."""
     from retrofit.models import FlexMDMModel
-    from retrofit.training.args import LoraRecipe
     from retrofit.training.lora import wrap_with_lora
+    from retrofit.training.sections import LoraRecipe
 
     model = FlexMDMModel.from_llada(base, seed=0, dtype=torch.float32, **GRAFT)
     return wrap_with_lora(model, LoraRecipe(r=4, alpha=8, dropout=0.0), model.new_module_names())

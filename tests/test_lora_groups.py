@@ -11,8 +11,9 @@ import torch
 
 from retrofit.models.flexmdm import FlexMDMModel
 from retrofit.models.llada import LLaDAConfig, LLaDAModelLM
-from retrofit.training.args import LoraRecipe, RetrofitTrainingArguments
+from retrofit.training.args import RetrofitTrainingArguments
 from retrofit.training.lora import build_param_groups, param_group_of, trainable_report, wrap_with_lora
+from retrofit.training.sections import LoraRecipe
 
 D, HEADS, KV, LAYERS, V_EMB, R = 32, 4, 2, 2, 320, 8
 HD = D // HEADS

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from retrofit.sampling import FlexMDMSampler, FlexMDMSamplerConfig, plot_trace
-from retrofit.sampling.steps import CONFIDENCE_METHODS
+from retrofit.sampling.flexmdm_config import CONFIDENCE_METHODS
 
 VOCAB, MASK, PAD = 16, 14, 15
 

@@ -4,3 +4,6 @@ Run `retrofit bench all` (what `make bench` does) or one of `train-step`, `sampl
 `interpolant`; every benchmark prints a table and writes JSON (default `bench-out/`).
 `eval/bench/gpu.sh` runs the 8B-shaped variants on one CUDA GPU.
 """
+
+TRAIN_STEP_VARIANTS = ("full-width", "trimmed", "banded", "mdm")
+"""Training-step variants of `retrofit bench train-step` (see `retrofit.bench.train_step`)."""

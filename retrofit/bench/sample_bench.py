@@ -82,8 +82,7 @@ class SampleOptions:
 def _samplers(opts: SampleOptions) -> dict[str, Any]:
     """name -> sampler, all sharing one LLaDA trunk (the graft reuses it; its new modules are extra)."""
     from retrofit.models.flexmdm import FlexMDMModel
-    from retrofit.sampling.flexmdm import FlexMDMSampler, FlexMDMSamplerConfig
-    from retrofit.sampling.mdm import MDMSampler, MDMSamplerConfig
+    from retrofit.sampling import FlexMDMSampler, FlexMDMSamplerConfig, MDMSampler, MDMSamplerConfig
 
     device, dtype = torch.device(opts.device), resolve_dtype(opts.dtype)
     llada = build_llada(opts.size, layers=opts.layers, device=device, dtype=dtype, seed=opts.seed).eval()

@@ -69,8 +69,8 @@ def build_batches(
 def build_model(variant: str, opts: TrainStepOptions) -> tuple[torch.nn.Module, dict[str, int]]:
     """LoRA-wrapped FlexMDM (graft modules trainable) or LLaDA, trainable weights in fp32."""
     from retrofit.models.flexmdm import FlexMDMModel
-    from retrofit.training.args import LoraRecipe
     from retrofit.training.lora import cast_trainable, wrap_with_lora
+    from retrofit.training.sections import LoraRecipe
 
     dtype, device = resolve_dtype(opts.dtype), torch.device(opts.device)
     llada = build_llada(opts.size, layers=opts.layers, device=device, dtype=dtype, seed=opts.seed)

@@ -35,6 +35,7 @@ from typing import Any
 
 import torch
 
+from retrofit.bench import TRAIN_STEP_VARIANTS
 from retrofit.bench.closed_form import expected_computed_fraction
 from retrofit.bench.common import (
     autocast,
@@ -53,7 +54,7 @@ from retrofit.bench.train_setup import build_batches, build_model, micro_loss
 
 __all__ = ["VARIANTS", "TrainStepOptions", "run_train_step"]
 
-VARIANTS = ("full-width", "trimmed", "banded", "mdm")
+VARIANTS = TRAIN_STEP_VARIANTS
 H100_BF16_PEAK_FLOPS = 989e12
 """Dense bf16 peak of an H100 / H200 SXM (FLOP/s), the MFU denominator."""
 

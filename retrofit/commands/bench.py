@@ -17,8 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from retrofit.bench.all_suite import run_all
-from retrofit.bench.report import print_payload
+from retrofit.bench import TRAIN_STEP_VARIANTS
 
 
 def _common(p: argparse.ArgumentParser, name: str) -> None:
@@ -40,8 +39,6 @@ def _model_args(p: argparse.ArgumentParser) -> None:
 
 
 def _train_step_args(p: argparse.ArgumentParser) -> None:
-    from retrofit.bench.train_step import VARIANTS
-
     _model_args(p)
     p.add_argument("--grad-ckpt", choices=["on", "off"], default="off", help="gradient checkpointing")
     p.add_argument("--batch", type=int, default=4, help="B: sequences per micro-batch")
@@ -51,7 +48,13 @@ def _train_step_args(p: argparse.ArgumentParser) -> None:
         "--lengths", choices=["full", "gsm8k"], default="full", help="x1 lengths (see retrofit.bench.lengths)"
     )
     p.add_argument("--lora-r", type=int, default=None, help="LoRA rank, alpha = r (default: per size)")
-    p.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS), help="variants to run")
+    p.add_argument(
+        "--variants",
+        nargs="+",
+        choices=TRAIN_STEP_VARIANTS,
+        default=list(TRAIN_STEP_VARIANTS),
+        help="variants to run",
+    )
     p.add_argument(
         "--data-dir", default=None, help="GSM8K folder for --lengths gsm8k (default $RETROFIT_DATA_DIR)"
     )
@@ -119,7 +122,9 @@ def run_one(args: argparse.Namespace) -> dict[str, Any]:
 
 def run(args: argparse.Namespace) -> int:
     """Entry point of `retrofit bench`; returns 0 (errors raise with a message naming the option)."""
+    from retrofit.bench.all_suite import run_all
     from retrofit.bench.common import write_json
+    from retrofit.bench.report import print_payload
 
     start = time.perf_counter()
     if args.benchmark == "all":

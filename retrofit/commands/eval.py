@@ -18,6 +18,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from retrofit.commands.arg_types import at_least, check_lengths, non_negative_float
+from retrofit.commands.generate import add_prompt_template_argument
+
 # Per-verb sampler defaults by model kind (spec §4.6, §6.1, §6.2); --steps etc. override them.
 DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
     "gsm8k": {
@@ -39,18 +42,39 @@ DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
 }
 
 
-def _sampler_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--steps", type=int, default=None, help="sampler steps (default: per verb and model kind)")
-    p.add_argument("--batch-size", type=int, default=8, help="rows per sampler call")
-    p.add_argument("--seed", type=int, default=0, help="sampling seed")
-    p.add_argument("--temperature", type=float, default=None, help="token temperature (0 = argmax)")
-    p.add_argument("--gen-length", type=int, default=None, help="LLaDA: generated canvas (mask budget)")
-    p.add_argument("--block-length", type=int, default=None, help="LLaDA: semi-AR block size")
-    p.add_argument("--max-length", type=int, default=None, help="FlexMDM: cap on prompt + generation tokens")
+def _defaults_text(verb: str, key: str) -> str:
+    """ "FlexMDM 256, LLaDA 128": this verb's default of `key` per model kind (sampler default if unset)."""
+    from retrofit.sampling import FlexMDMSamplerConfig, MDMSamplerConfig
+
+    parts = []
+    for kind, name, cls in (
+        ("flexmdm", "FlexMDM", FlexMDMSamplerConfig),
+        ("llada", "LLaDA", MDMSamplerConfig),
+    ):
+        value = DEFAULTS[verb][kind].get(key, getattr(cls, key, None))
+        if value is not None:
+            parts.append(f"{name} {value}")
+    return ", ".join(parts)
+
+
+def _sampler_options(p: argparse.ArgumentParser, verb: str) -> None:
+    p.add_argument("--steps", type=at_least(1), default=None,
+                   help=f"sampler steps (default {_defaults_text(verb, 'steps')})")  # fmt: skip
+    p.add_argument("--batch-size", type=at_least(1), default=8, help="rows per sampler call (default 8)")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    p.add_argument("--temperature", type=non_negative_float, default=None,
+                   help=f"token temperature, 0 = argmax (default {_defaults_text(verb, 'temperature')})")  # fmt: skip
+    p.add_argument("--gen-length", type=at_least(1), default=None,
+                   help=f"LLaDA: generated canvas, the mask budget (default {DEFAULTS[verb]['llada']['gen_length']})")  # fmt: skip
+    p.add_argument("--block-length", type=at_least(1), default=None,
+                   help="LLaDA: semi-AR block size (default: " + str(DEFAULTS[verb]["llada"].get("block_length", "--gen-length")) + ")")  # fmt: skip
+    p.add_argument("--max-length", type=at_least(1), default=None,
+                   help="FlexMDM: cap on prompt + generation tokens (default: the model's canvas width)")  # fmt: skip
     p.add_argument("--device", default=None, help='e.g. "cuda", "cpu" (default: cuda if available)')
     p.add_argument(
         "--dtype", choices=("bf16", "fp32"), default=None, help="default: bf16 on GPU, fp32 on CPU"
     )
+    add_prompt_template_argument(p)
     p.add_argument("--sampler-arg", action="append", default=[], metavar="KEY=VALUE",
                    help="any other sampler config field, e.g. confidence=top_prob (repeatable)")  # fmt: skip
     p.add_argument(
@@ -61,43 +85,68 @@ def _sampler_options(p: argparse.ArgumentParser) -> None:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Sub-commands gsm8k, humaneval-infill, length, lm-eval."""
     sub = parser.add_subparsers(dest="task", metavar="TASK", required=True)
-    g = sub.add_parser("gsm8k", help="GSM8K accuracy (spec §6.1)")
-    g.add_argument("model_dir", help="FlexMDM or LLaDA checkpoint folder")
-    g.add_argument("--limit", type=int, default=None, help="first N test questions")
-    g.add_argument("--num-fewshot", type=int, default=None,
-                   help="solved examples before each question (direct: 0; stock lm-eval gsm8k: 5)")  # fmt: skip
+    g = sub.add_parser("gsm8k", help="GSM8K accuracy (spec §6.1)", description=GSM8K_DESCRIPTION)
+    g.add_argument("model_dir", help="FlexMDM or LLaDA model folder (retrofit export output)")
+    g.add_argument(
+        "--limit", type=at_least(1), default=None, help="first N test questions (default: all 1319)"
+    )
+    g.add_argument("--num-fewshot", type=at_least(0), default=None,
+                   help="solved examples before each question (default: direct 0; --via-lm-eval: the task's own)")  # fmt: skip
     g.add_argument("--out", default=None, help="output folder (default eval-out/gsm8k/<model>)")
     g.add_argument("--via-lm-eval", action="store_true", help="score through lm-eval's simple_evaluate")
-    g.add_argument("--lm-eval-tasks", default="gsm8k_flexmdm,gsm8k", help="with --via-lm-eval")
-    _sampler_options(g)
-    h = sub.add_parser("humaneval-infill", help="HumanEval infilling pass@k (spec §6.2)")
-    h.add_argument("model_dir", help="FlexMDM or LLaDA checkpoint folder")
+    g.add_argument("--lm-eval-tasks", default="gsm8k_flexmdm,gsm8k",
+                   help="with --via-lm-eval (default gsm8k_flexmdm,gsm8k)")  # fmt: skip
+    _sampler_options(g, "gsm8k")
+    h = sub.add_parser("humaneval-infill", help="HumanEval infilling pass@k (spec §6.2)",
+                       description=HUMANEVAL_DESCRIPTION)  # fmt: skip
+    h.add_argument("model_dir", help="FlexMDM or LLaDA model folder (retrofit export output)")
     h.add_argument("--benchmark", default="single-line",
-                   choices=("single-line", "multi-line", "random-span", "random-span-light"))  # fmt: skip
-    h.add_argument("--limit", type=int, default=None, help="first N tasks")
-    h.add_argument("--num-samples", type=int, default=1, help="samples per task (pass@k for k <= n)")
-    h.add_argument("--max-middle", type=int, default=None, help="FlexMDM: cap on the middle length (tokens)")
-    h.add_argument("--workers", type=int, default=2, help="sandboxed programs run at once")
-    h.add_argument("--timeout", type=float, default=3.0, help="seconds per program")
+                   choices=("single-line", "multi-line", "random-span", "random-span-light"),
+                   help="HumanEval-Infilling split (default single-line)")  # fmt: skip
+    h.add_argument("--limit", type=at_least(1), default=None, help="first N tasks (default: all)")
+    h.add_argument("--num-samples", type=at_least(1), default=1,
+                   help="samples per task, pass@k for k <= n (default 1)")  # fmt: skip
+    h.add_argument("--max-middle", type=at_least(0), default=None,
+                   help="FlexMDM: cap on the middle length in tokens (default: the sampler's max_middle)")  # fmt: skip
+    h.add_argument(
+        "--workers", type=at_least(1), default=2, help="sandboxed programs run at once (default 2)"
+    )
+    h.add_argument("--timeout", type=non_negative_float, default=3.0, help="seconds per program (default 3)")
     h.add_argument("--out", default=None, help="output folder (default eval-out/humaneval-infill/<model>)")
-    _sampler_options(h)
-    n = sub.add_parser("length", help="generated vs data length statistics (spec §6.4)")
-    n.add_argument("model_dirs", nargs="+", help="checkpoint folders, one curve each")
-    n.add_argument("--data", default="gsm8k", help='"gsm8k" or a JSONL file with response/text fields')
-    n.add_argument("--num-samples", type=int, default=64, help="sequences per model")
+    _sampler_options(h, "humaneval-infill")
+    n = sub.add_parser("length", help="generated vs data length statistics (spec §6.4)",
+                       description=LENGTH_DESCRIPTION)  # fmt: skip
+    n.add_argument("model_dirs", nargs="+", help="model folders, one curve each")
+    n.add_argument(
+        "--data", default="gsm8k", help='"gsm8k" (default) or a JSONL file with response/text fields'
+    )
+    n.add_argument("--num-samples", type=at_least(1), default=64, help="sequences per model (default 64)")
     mode = n.add_mutually_exclusive_group()
     mode.add_argument("--per-prompt", dest="mode", action="store_const", const="per-prompt",
                       help="one sample per data prompt (default)")  # fmt: skip
-    mode.add_argument("--unconditional", dest="mode", action="store_const", const="unconditional")
+    mode.add_argument("--unconditional", dest="mode", action="store_const", const="unconditional",
+                      help="samples from an empty prompt")  # fmt: skip
     n.set_defaults(mode="per-prompt")
-    n.add_argument("--out", default="eval-out/length", help="output folder")
-    _sampler_options(n)
+    n.add_argument("--out", default="eval-out/length", help="output folder (default eval-out/length)")
+    _sampler_options(n, "length")
     # prefix_chars without "-": every following argument (options included) goes to lm-eval.
-    m = sub.add_parser("lm-eval", help="lm-eval's CLI with --model flexmdm|llada available", add_help=False,
-                       prefix_chars="+")  # fmt: skip
+    m = sub.add_parser("lm-eval", help="lm-eval's CLI with --model flexmdm|llada and our gsm8k_flexmdm task",
+                       add_help=False, prefix_chars="+")  # fmt: skip
     m.add_argument(
-        "lm_eval_args", nargs=argparse.REMAINDER, help="arguments for lm-eval (see lm-eval --help)"
+        "lm_eval_args",
+        nargs=argparse.REMAINDER,
+        help="arguments for lm-eval (see retrofit eval lm-eval --help)",
     )
+
+
+GSM8K_DESCRIPTION = """GSM8K test accuracy of a FlexMDM or LLaDA folder (exact match of the final number).
+Writes results.json (accuracy ± stderr, sampler settings, timings) and samples.jsonl under --out.
+Direct path by default (our prompt and answer extraction); --via-lm-eval scores through lm-eval."""
+HUMANEVAL_DESCRIPTION = """HumanEval-Infilling pass@k: the model fills the middle of each function between
+its prefix and suffix; the programs run in a sandboxed subprocess with --timeout seconds each.
+Writes results.json and samples.jsonl under --out."""
+LENGTH_DESCRIPTION = """Generated-length statistics of one or more models against the data's lengths
+(mean, quantiles, Wasserstein-1, histogram PNG). Writes results.json under --out."""
 
 
 def _parse_value(text: str) -> Any:
@@ -144,8 +193,12 @@ def load_generator(model_dir: str, args: argparse.Namespace, verb: str):
     from retrofit.evaluation.generation import TextGenerator, load_model_dir, process_device
     from retrofit.sampling.load import make_sampler
 
+    check_lengths(model_dir, max_length=args.max_length, gen_length=args.gen_length)
     model, tokenizer, kind = load_model_dir(
-        model_dir, device=process_device() or args.device, dtype=args.dtype
+        model_dir,
+        device=process_device() or args.device,
+        dtype=args.dtype,
+        prompt_template=args.prompt_template,
     )
     sampler = make_sampler(model, tokenizer, kind, **sampler_overrides(args, verb, kind))
     return TextGenerator(sampler, tokenizer, kind, batch_size=args.batch_size)

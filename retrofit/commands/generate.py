@@ -1,8 +1,9 @@
 """`retrofit generate`: sample continuations from a FlexMDM or LLaDA checkpoint folder.
 
 The sampler is picked from config.json model_type: FlexMDM (variable length, spec §4.2) or the
-LLaDA baseline (fixed length, spec §4.9). Prompts go through the tokenizer's chat template when it
-has one (``--no-chat-template`` to send the raw text).
+LLaDA baseline (fixed length, spec §4.9). Prompts are formatted as the model was trained
+(``prompt_template`` recorded at export: the tokenizer's chat template, or the raw text);
+``--prompt-template chat|plain`` overrides it.
 
 Examples:
     retrofit generate runs/flexmdm-ift --prompt "What is 3 + 4?" --steps 256 --trace-png trace.png
@@ -19,34 +20,61 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from retrofit.commands.arg_types import at_least, check_lengths, non_negative_float
+
 
 def add_sampler_arguments(parser: argparse.ArgumentParser) -> None:
-    """Model, device and sampler options common to `generate` and `infill` (None = default)."""
-    parser.add_argument("model_dir", metavar="MODEL_DIR", help="FlexMDM or LLaDA checkpoint folder")
-    parser.add_argument("--steps", type=int, default=None, help="sampling steps (default: the sampler's)")
-    parser.add_argument("--temperature", type=float, default=None, help="token temperature; 0 = argmax")
+    """Model, device and sampler options common to `generate` and `infill` (None = default).
+
+    Numbers are bounded in the parser (exit 2 before any model loads); the help shows the
+    samplers' real defaults (a model's config.json `sampler_defaults` override them).
+    """
+    from retrofit.sampling import FlexMDMSamplerConfig as Flex
+    from retrofit.sampling import MDMSamplerConfig as Mdm
+    from retrofit.sampling.flexmdm_config import CONFIDENCE_METHODS
+
     parser.add_argument(
-        "--confidence",
-        default=None,
-        choices=("prob_diff", "top_prob", "entropy", "position", "random"),
-        help="FlexMDM: which masks to unmask first (random = plain ancestral)",
+        "model_dir", metavar="MODEL_DIR", help="FlexMDM or LLaDA model folder (retrofit export output)"
     )
+    parser.add_argument("--steps", type=at_least(1), default=None,
+                        help=f"sampling steps (default: the model's sampler_defaults, else FlexMDM {Flex.steps}, "
+                        f"LLaDA {Mdm.steps})")  # fmt: skip
+    parser.add_argument("--temperature", type=non_negative_float, default=None,
+                        help=f"token temperature; 0 = argmax (default FlexMDM {Flex.temperature}, "
+                        f"LLaDA {Mdm.temperature})")  # fmt: skip
+    parser.add_argument("--confidence", default=None, choices=CONFIDENCE_METHODS,
+                        help=f"FlexMDM: which masks to unmask first (default {Flex.confidence}; "
+                        "random = plain ancestral)")  # fmt: skip
     parser.add_argument(
-        "--reference", action="store_true", help="FlexMDM: research sampler behaviour (spec §4.2)"
+        "--reference",
+        action="store_true",
+        help="FlexMDM: the research code's sampler behaviour (see FlexMDMSamplerConfig.reference)",
     )
-    parser.add_argument("--gen-length", type=int, default=None, help="LLaDA: generated tokens (default 128)")
-    parser.add_argument(
-        "--block-length", type=int, default=None, help="LLaDA: block size (default: gen length)"
-    )
-    parser.add_argument("--remasking", default=None, choices=("low_confidence", "random"), help="LLaDA only")
-    parser.add_argument("--seed", type=int, default=0, help="seed of every random draw")
-    parser.add_argument("--num-samples", type=int, default=1, help="samples per prompt")
+    parser.add_argument("--gen-length", type=at_least(1), default=None,
+                        help=f"LLaDA: generated tokens (default {Mdm.gen_length})")  # fmt: skip
+    parser.add_argument("--block-length", type=at_least(1), default=None,
+                        help=f"LLaDA: semi-autoregressive block size (default: --gen-length when given, else {Mdm.block_length})")  # fmt: skip
+    parser.add_argument("--remasking", default=None, choices=("low_confidence", "random"),
+                        help=f"LLaDA: which masks to reveal first (default {Mdm.remasking})")  # fmt: skip
+    parser.add_argument("--seed", type=int, default=0, help="seed of every random draw (default 0)")
+    parser.add_argument("--num-samples", type=at_least(1), default=1, help="samples per prompt (default 1)")
+    add_prompt_template_argument(parser)
     parser.add_argument("--trace-png", default=None, help="FlexMDM: plot length / clean tokens per step here")
     parser.add_argument("--device", default=None, help='e.g. "cpu", "cuda" (default: cuda if available)')
     parser.add_argument(
         "--dtype", default=None, choices=("bf16", "fp32"), help="default: bf16 on GPU, fp32 on CPU"
     )
     parser.add_argument("--output", default=None, help="also write one JSON line per sample here")
+
+
+def add_prompt_template_argument(parser: argparse.ArgumentParser) -> None:
+    """`--prompt-template auto|chat|plain` (shared by generate, infill and eval)."""
+    parser.add_argument(
+        "--prompt-template", default="auto", choices=("auto", "chat", "plain"),
+        help="how prompts are formatted: auto (default) = as the model was trained (recorded at export; "
+        "else the chat template when the tokenizer has one), chat = the tokenizer's chat template, "
+        "plain = the raw text",
+    )  # fmt: skip
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -57,10 +85,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     source.add_argument(
         "--prompts-file", help="text file, one prompt per line; .jsonl: a 'prompt' field per line"
     )
-    parser.add_argument(
-        "--max-length", type=int, default=None, help="FlexMDM: cap on prompt + generation tokens"
-    )
-    parser.add_argument("--no-chat-template", action="store_true", help="send the raw prompt text")
+    parser.add_argument("--max-length", type=at_least(1), default=None,
+                        help="FlexMDM: cap on prompt + generation tokens (default: the model's canvas width; "
+                        "at most its max_sequence_length)")  # fmt: skip
+    parser.add_argument("--no-chat-template", action="store_true", help="same as --prompt-template plain")
 
 
 def read_prompts(path: str | Path) -> list[str]:
@@ -89,13 +117,17 @@ def load_sampler(args: argparse.Namespace, **extra: Any) -> tuple[Any, Any, str]
     """Load MODEL_DIR and build its sampler from the options -> (sampler, tokenizer, kind).
 
     Raises:
-        ValueError: the folder has no tokenizer, or a sampler option is invalid.
+        FileNotFoundError: the folder has no tokenizer files.
+        ValueError: a sampler option is invalid, or a length exceeds the model's max_sequence_length.
     """
-    from retrofit.sampling.load import load_model, make_sampler
+    from retrofit.evaluation.generation import load_model_dir
+    from retrofit.sampling.load import make_sampler
 
-    model, tokenizer, kind = load_model(args.model_dir, device=args.device, dtype=args.dtype)
-    if tokenizer is None:
-        raise ValueError(f"{args.model_dir} has no tokenizer files (tokenizer.json / tokenizer_config.json)")
+    check_lengths(args.model_dir, max_length=extra.get("max_length"), gen_length=args.gen_length)
+    template = "plain" if getattr(args, "no_chat_template", False) else args.prompt_template
+    model, tokenizer, kind = load_model_dir(
+        args.model_dir, device=args.device, dtype=args.dtype, prompt_template=template
+    )
     options = dict(steps=args.steps, temperature=args.temperature, confidence=args.confidence,
                    gen_length=args.gen_length, block_length=args.block_length, remasking=args.remasking,
                    progress=True, trace=bool(args.trace_png) or None, **extra)  # fmt: skip
@@ -104,10 +136,11 @@ def load_sampler(args: argparse.Namespace, **extra: Any) -> tuple[Any, Any, str]
     return make_sampler(model, tokenizer, kind, **options), tokenizer, kind
 
 
-def encode_prompt(tokenizer: Any, text: str, chat_template: bool) -> list[int]:
-    """Ids of one prompt: through the chat template (user turn + generation prompt) if asked and
-    available, then tokenized with add_special_tokens=False (the template writes BOS itself)."""
-    if chat_template and getattr(tokenizer, "chat_template", None):
+def encode_prompt(tokenizer: Any, text: str) -> list[int]:
+    """Ids of one prompt: through the tokenizer's chat template (user turn + generation prompt)
+    when it has one (`--prompt-template plain` switched it off), then tokenized with
+    add_special_tokens=False (the template writes BOS itself)."""
+    if getattr(tokenizer, "chat_template", None):
         text = tokenizer.apply_chat_template(
             [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
         )
@@ -142,7 +175,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         texts = args.prompt or read_prompts(args.prompts_file)
         sampler, tokenizer, kind = load_sampler(args, max_length=args.max_length)
-        prompts = [encode_prompt(tokenizer, t, not args.no_chat_template) for t in texts]
+        prompts = [encode_prompt(tokenizer, t) for t in texts]
         out = sampler.sample(prompts, args.num_samples, torch.Generator().manual_seed(args.seed))
     except (FileNotFoundError, ValueError) as e:
         print(f"retrofit generate: error: {e}", file=sys.stderr)

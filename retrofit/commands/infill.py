@@ -15,19 +15,21 @@ from __future__ import annotations
 import argparse
 import sys
 
+from retrofit.commands.arg_types import at_least
 from retrofit.commands.generate import add_sampler_arguments, load_sampler, report
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of `retrofit infill`."""
+    from retrofit.sampling import FlexMDMSamplerConfig
+
     add_sampler_arguments(parser)
     parser.add_argument("--prefix", required=True, help='code before the hole ("\\n" and "\\t" are decoded)')
     parser.add_argument("--suffix", required=True, help="code after the hole")
+    parser.add_argument("--max-middle", type=at_least(0), default=None,
+                        help=f"FlexMDM: cap on the middle length in tokens (default {FlexMDMSamplerConfig.max_middle})")  # fmt: skip
     parser.add_argument(
-        "--max-middle", type=int, default=None, help="FlexMDM: cap on the middle length in tokens"
-    )
-    parser.add_argument(
-        "--middle-length", type=int, default=None, help="LLaDA: fill exactly N masks in place"
+        "--middle-length", type=at_least(1), default=None, help="LLaDA: fill exactly N masks in place"
     )
     parser.add_argument("--show-full", action="store_true", help="also print prefix + middle + suffix")
     parser.add_argument(

@@ -14,6 +14,7 @@ import argparse
 import dataclasses
 import json
 import math
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -32,31 +33,79 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _fields_help() -> str:
-    """Recipe fields and their documentation (training: our fields' help metadata)."""
-    from retrofit.training.args import RetrofitTrainingArguments
-    from retrofit.training.recipe import RETROFIT_FIELDS, SECTIONS
+    """Every recipe field with its default and whole help text (no torch / transformers import)."""
+    from retrofit.training.sections import (
+        TRAINING_FIELDS,
+        DataRecipe,
+        LoraRecipe,
+        ModelRecipe,
+        ObjectiveRecipe,
+    )
 
-    lines = ["recipe fields (override any as section.field=value):"]
-    for name, cls in SECTIONS.items():
-        if cls is RetrofitTrainingArguments:
-            fields = {f.name: f.metadata.get("help", "") for f in dataclasses.fields(cls)}
-            docs = {k: fields[k] for k in RETROFIT_FIELDS}
-        else:
-            docs = _attribute_docs(cls)
-        lines += [f"  {name}.{key}: {text}" for key, text in docs.items()]
+    lines = [
+        "recipe fields (override any as section.field=value):",
+        "  mode (default retrofit): retrofit | pretrain",
+    ]
+    for name, cls in (
+        ("model", ModelRecipe),
+        ("lora", LoraRecipe),
+        ("data", DataRecipe),
+        ("objective", ObjectiveRecipe),
+    ):
+        defaults = _defaults(cls)
+        for key, text in _attribute_docs(cls).items():
+            lines.append(_field_line(f"{name}.{key}", defaults[key], text))
+    for key, (default, text) in TRAINING_FIELDS.items():
+        lines.append(_field_line(f"training.{key}", default, text))
     lines.append("  training.*: every other transformers.TrainingArguments field (max_steps, bf16, ...)")
     return "\n".join(lines)
 
 
+def _field_line(key: str, default: Any, text: str) -> str:
+    shown = (
+        "required" if default in ("", []) and key in ("model.base", "data.train") else f"default {default!r}"
+    )
+    return textwrap.fill(
+        f"{key} ({shown}): {text}", width=100, initial_indent="  ", subsequent_indent="      "
+    )
+
+
+def _defaults(cls: type) -> dict[str, Any]:
+    """{field: default} of a dataclass (default factories called)."""
+    out = {}
+    for f in dataclasses.fields(cls):
+        if f.default is not dataclasses.MISSING:
+            out[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            out[f.name] = f.default_factory()
+    return out
+
+
 def _attribute_docs(cls: type) -> dict[str, str]:
-    """{field: first line of its doc} from the class docstring's `Attributes:` section."""
+    """{field: whole doc text} from the class docstring's `Attributes:` section.
+
+    An entry is `name: text` or `a, b, c: text` at the section's indent; deeper-indented lines
+    continue the entry above.
+    """
     names = [f.name for f in dataclasses.fields(cls) if f.init]
     docs: dict[str, str] = {}
+    current: list[str] = []
+    indent = None
     for line in (cls.__doc__ or "").split("Attributes:")[-1].splitlines():
+        if not line.strip():
+            continue
+        depth = len(line) - len(line.lstrip())
         head, sep, text = line.strip().partition(": ")
         keys = [k.strip() for k in head.split(",")]
-        if sep and all(k in names for k in keys):
+        if sep and all(k in names for k in keys) and (indent is None or depth == indent):
+            indent = depth
+            current = keys
             docs.update(dict.fromkeys(keys, text.strip()))
+        elif current and indent is not None and depth > indent:
+            for k in current:
+                docs[k] += " " + line.strip()
+        else:
+            current = []
     return {k: docs.get(k, "") for k in names}
 
 

@@ -103,6 +103,7 @@ class TextGenerator:
         dtype: str | None = None,
         gen_length: int | None = None,
         block_length: int | None = None,
+        prompt_template: str = "auto",
         **sampler_overrides: Any,
     ) -> TextGenerator:
         """Load a FlexMDM or LLaDA folder and build its sampler.
@@ -114,6 +115,7 @@ class TextGenerator:
             device: "cpu", "cuda", ...; None = cuda when available.
             dtype: "bf16" / "fp32"; None = bf16 on GPU, fp32 on CPU.
             gen_length, block_length: LLaDA canvas and block sizes (ignored for FlexMDM).
+            prompt_template: "auto" / "chat" / "plain" (see `load_model_dir`).
             **sampler_overrides: further FlexMDMSamplerConfig / MDMSamplerConfig fields.
 
         Raises:
@@ -121,7 +123,9 @@ class TextGenerator:
         """
         from retrofit.sampling.load import make_sampler
 
-        model, tokenizer, kind = load_model_dir(model_dir, device=device, dtype=dtype)
+        model, tokenizer, kind = load_model_dir(
+            model_dir, device=device, dtype=dtype, prompt_template=prompt_template
+        )
         sampler = make_sampler(model, tokenizer, kind, steps=steps, gen_length=gen_length,
                                block_length=block_length, **sampler_overrides)  # fmt: skip
         return cls(sampler=sampler, tokenizer=tokenizer, kind=kind, batch_size=batch_size)
@@ -242,7 +246,11 @@ class TextGenerator:
 
 
 def load_model_dir(
-    model_dir: str | Path, *, device: str | None = None, dtype: str | None = None
+    model_dir: str | Path,
+    *,
+    device: str | None = None,
+    dtype: str | None = None,
+    prompt_template: str = "auto",
 ) -> tuple[Any, Any, str]:
     """`retrofit.sampling.load.load_model`, requiring a tokenizer (evaluation works on text).
 
@@ -250,14 +258,18 @@ def load_model_dir(
         model_dir: folder with config.json (model_type "flexmdm" or "llada"), weights, tokenizer.
         device: target device; None = "cuda" when available, else "cpu".
         dtype: "bf16" or "fp32"; None = bf16 on GPU, fp32 on CPU.
+        prompt_template: "auto" (the template recorded at export), "chat" or "plain"; see
+            `retrofit.evaluation.prompt_template.apply_prompt_template` ("plain" switches the
+            tokenizer's chat template off).
 
     Returns:
         (model in eval mode, tokenizer, kind).
 
     Raises:
         FileNotFoundError: no config.json, or no tokenizer files in the folder.
-        ValueError: an unknown model_type or dtype.
+        ValueError: an unknown model_type, dtype or prompt template.
     """
+    from retrofit.evaluation.prompt_template import apply_prompt_template
     from retrofit.sampling.load import load_model
 
     model, tokenizer, kind = load_model(model_dir, device=device, dtype=dtype)
@@ -266,6 +278,7 @@ def load_model_dir(
             f"{model_dir} has no tokenizer files (tokenizer.json / tokenizer_config.json); evaluation needs "
             "the model's tokenizer: copy the base model's tokenizer files into the folder"
         )
+    apply_prompt_template(tokenizer, model_dir, prompt_template)
     return model, tokenizer, kind
 
 

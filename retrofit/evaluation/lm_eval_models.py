@@ -74,6 +74,7 @@ class RetrofitLM(LM):
         max_length: longest context + continuation for loglikelihood_rolling windows (None:
             FlexMDM canvas_width, LLaDA max_sequence_length).
         generator: an already loaded `TextGenerator` to reuse (Python callers only).
+        prompt_template: "auto" (the template recorded at export), "chat" or "plain".
         **sampler_kwargs: further sampler config fields (e.g. temperature=0, confidence=top_prob).
 
     Raises:
@@ -97,6 +98,7 @@ class RetrofitLM(LM):
         max_length: int | None = None,
         max_batch_size: int | None = None,
         generator: TextGenerator | None = None,
+        prompt_template: str = "auto",
         **sampler_kwargs: Any,
     ):
         super().__init__()
@@ -107,7 +109,7 @@ class RetrofitLM(LM):
             if device and str(device).startswith("cuda") and not torch.cuda.is_available():
                 device = None  # lm-eval's CLI passes --device cuda by default; use the CPU here
             model, tokenizer, kind = load_model_dir(
-                pretrained, device=process_device() or device, dtype=dtype
+                pretrained, device=process_device() or device, dtype=dtype, prompt_template=prompt_template
             )
             sampler = make_sampler(model, tokenizer, kind, steps=steps, gen_length=gen_length,
                                     block_length=block_length, **sampler_kwargs)  # fmt: skip

@@ -184,6 +184,22 @@ def metric_summary(results: dict[str, Any]) -> dict[str, float]:
     return out
 
 
+LM_EVAL_HELP = """usage: retrofit eval lm-eval [lm-eval arguments]
+
+lm-eval's own command line, with two more models and our GSM8K tasks:
+  --model flexmdm   a FlexMDM folder (retrofit export output); --model_args pretrained=DIR,steps=256,...
+  --model llada     a LLaDA folder (the fixed-length baseline); --model_args pretrained=DIR,gen_length=256,...
+  --tasks gsm8k_flexmdm   GSM8K with the chat template and our answer extraction (local data when
+                          $RETROFIT_DATA_DIR is set); every stock lm-eval task works too.
+model_args keys: pretrained, steps, seed, device, dtype, gen_length, block_length, max_length, mc_num,
+  mc_batch_size and any sampler config field (temperature=0, confidence=top_prob, ...).
+example:
+  retrofit eval lm-eval --model flexmdm --model_args pretrained=out/export --tasks gsm8k_flexmdm --limit 5
+
+lm-eval's help follows.
+"""
+
+
 def lm_eval_cli(argv: Sequence[str], data_dir: str | os.PathLike | None = None) -> int:
     """lm-eval's own CLI with `flexmdm` / `llada` registered and our GSM8K tasks on the include path.
 
@@ -201,8 +217,17 @@ def lm_eval_cli(argv: Sequence[str], data_dir: str | os.PathLike | None = None) 
     """
     import sys
 
-    import lm_eval.models  # noqa: F401  (registers the built-in models)
     from lm_eval.__main__ import cli_evaluate
+
+    if not argv or argv[0] in ("-h", "--help"):
+        print(LM_EVAL_HELP)
+        sys.argv = ["lm-eval", "--help"]
+        try:
+            cli_evaluate()
+        except SystemExit as exit_:
+            return int(exit_.code or 0) if isinstance(exit_.code, int) else 0
+        return 0
+    import lm_eval.models  # noqa: F401  (registers the built-in models)
 
     import retrofit.evaluation.lm_eval_models  # noqa: F401  (registers flexmdm / llada)
 

@@ -58,8 +58,7 @@ def sample_brackets(
         (BOS, a chat-template token, an unused id) is written as "?", so the string's length is
         the sample's length in tokens and the checker counts it invalid.
     """
-    from retrofit.sampling.flexmdm import FlexMDMSampler, FlexMDMSamplerConfig
-    from retrofit.sampling.mdm import MDMSampler, MDMSamplerConfig
+    from retrofit.sampling import FlexMDMSampler, FlexMDMSamplerConfig, MDMSampler, MDMSamplerConfig
 
     texts: list[str] = []
     for k, start in enumerate(range(0, n, batch)):
@@ -101,8 +100,7 @@ def sample_mazes(
     Returns:
         one path (list of (row, col) cells) or None per maze, in input order.
     """
-    from retrofit.sampling.flexmdm import FlexMDMSampler, FlexMDMSamplerConfig
-    from retrofit.sampling.mdm import MDMSampler, MDMSamplerConfig
+    from retrofit.sampling import FlexMDMSampler, FlexMDMSamplerConfig, MDMSampler, MDMSamplerConfig
 
     pad = tokenizer.pad_token
     mask_word = tokenizer.convert_ids_to_tokens(int(model.config.mask_token_id))

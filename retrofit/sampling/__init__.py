@@ -7,9 +7,20 @@
 and `retrofit infill` verbs wrap both samplers.
 """
 
-from retrofit.sampling.flexmdm import FlexMDMSampler, FlexMDMSamplerConfig
-from retrofit.sampling.mdm import MDMSampler, MDMSamplerConfig
-from retrofit.sampling.trace import SampleOutput, Trace, plot_trace
+import importlib
+from typing import Any
+
+from retrofit.sampling.flexmdm_config import FlexMDMSamplerConfig
+from retrofit.sampling.mdm_config import MDMSamplerConfig
+
+# The samplers import torch; the configs do not (so `--help` can show their defaults fast).
+_LAZY = {
+    "FlexMDMSampler": "retrofit.sampling.flexmdm",
+    "MDMSampler": "retrofit.sampling.mdm",
+    "SampleOutput": "retrofit.sampling.trace",
+    "Trace": "retrofit.sampling.trace",
+    "plot_trace": "retrofit.sampling.trace",
+}
 
 __all__ = [
     "FlexMDMSampler",
@@ -20,3 +31,10 @@ __all__ = [
     "Trace",
     "plot_trace",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """Import a sampler on first use (PEP 562)."""
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'retrofit.sampling' has no attribute {name!r}")

@@ -6,9 +6,10 @@ import math
 from dataclasses import dataclass, fields
 from typing import Any
 
-from retrofit.sampling.steps import CONFIDENCE_METHODS
+__all__ = ["CONFIDENCE_METHODS", "FlexMDMSamplerConfig"]
 
-__all__ = ["FlexMDMSamplerConfig"]
+CONFIDENCE_METHODS = ("prob_diff", "top_prob", "entropy", "position", "random")
+"""Confidence rules of spec §4.3 plus ``random`` (uniform choice of slots = plain ancestral)."""
 
 _FILL_MODES = ("sample", "argmax")
 

@@ -26,9 +26,9 @@ import torch
 from torch import Tensor
 
 from retrofit.sampling.draws import RandomSource
+from retrofit.sampling.flexmdm_config import CONFIDENCE_METHODS
 
 __all__ = [
-    "CONFIDENCE_METHODS",
     "Prediction",
     "RandomSource",
     "allowed_gaps",
@@ -44,9 +44,6 @@ __all__ = [
     "unmask_count",
     "window_size",
 ]
-
-CONFIDENCE_METHODS = ("prob_diff", "top_prob", "entropy", "position", "random")
-"""Confidence rules of spec §4.3 plus ``random`` (uniform choice of slots = plain ancestral)."""
 
 
 @dataclass

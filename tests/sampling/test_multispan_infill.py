@@ -10,8 +10,7 @@ import pytest
 import torch
 
 from retrofit.models import FlexMDMModel, LLaDAConfig, LLaDAModelLM
-from retrofit.sampling import FlexMDMSampler, FlexMDMSamplerConfig
-from retrofit.sampling.mdm import MDMSampler, MDMSamplerConfig
+from retrofit.sampling import FlexMDMSampler, FlexMDMSamplerConfig, MDMSampler, MDMSamplerConfig
 
 V, MASK, PAD = 24, 22, 23
 
