@@ -53,13 +53,18 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
 
 
 def test_cli_writes_a_sharded_loadable_checkpoint(base_dir: Path, tmp_path: Path) -> None:
+    """Default --dtype auto on an fp32 base: fp32 tensors, and the graft is the base's identity."""
     out = tmp_path / "runs" / "flexmdm-init"
     done = run_cli(
-        "--base", str(base_dir), "--out", str(out), "--dtype", "fp32", "--canvas-width", "64",
+        "--base", str(base_dir), "--out", str(out), "--canvas-width", "64",
         "--adaln-group-size", "1", "--max-shard-size", "40KB", "--insertion-schedule", "linear",
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip().splitlines()[-1] == str(out)  # (deepspeed may log a line first)
+    lines = done.stdout.strip().splitlines()  # (deepspeed may log a line first)
+    assert lines[-2:] == ["retrofit graft: wrote float32 weights (the base's stored dtype)", str(out)]
+    for shard in out.glob("*.safetensors"):
+        with safe_open(str(shard), framework="pt") as f:
+            assert {f.get_slice(key).get_dtype() for key in f.keys()} == {"F32"}  # noqa: SIM118
     assert sorted(p.name for p in out.parent.iterdir()) == ["flexmdm-init"]  # no temp folders left
     index = json.loads((out / "model.safetensors.index.json").read_text())
     assert len(set(index["weight_map"].values())) > 1  # sharded

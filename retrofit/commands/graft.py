@@ -1,7 +1,9 @@
 """`retrofit graft`: LLaDA folder -> initial FlexMDM checkpoint folder (spec §2.4-2.6).
 
 Example:
-    retrofit graft --base path/to/LLaDA-8B-Base --out runs/flexmdm-init --dtype bf16
+    retrofit graft --base path/to/LLaDA-8B-Base --out runs/flexmdm-init   # dtype: as the base stores it
+
+Prints the dtype written, then the output folder (last line).
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
-DTYPES = {"bf16": "bfloat16", "fp32": "float32"}
+DTYPES = {"auto": None, "bf16": "bfloat16", "fp32": "float32"}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -32,7 +34,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help='"slots": row b attends to its n_b slots + the length slot; "full": research behaviour',
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the new modules' init")
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default="bf16", help="dtype of the saved tensors")
+    parser.add_argument(
+        "--dtype",
+        choices=list(DTYPES),
+        default="auto",
+        help="dtype of the saved tensors (default auto: the base's stored dtype, read from its "
+        "safetensors headers or config.json; bf16 for LLaDA-8B, fp32 keeps an fp32 base exact)",
+    )
     parser.add_argument("--max-shard-size", default="5GB", help='safetensors shard size, e.g. "5GB"')
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
 
@@ -44,13 +52,13 @@ def run(args: argparse.Namespace) -> int:
         return 1
     import torch
 
-    from retrofit.graft import graft_checkpoint
+    from retrofit.graft import graft_checkpoint, stored_dtype
 
     try:
         out = graft_checkpoint(
             args.base,
             args.out,
-            dtype=getattr(torch, DTYPES[args.dtype]),
+            dtype=None if DTYPES[args.dtype] is None else getattr(torch, DTYPES[args.dtype]),
             seed=args.seed,
             max_shard_size=args.max_shard_size,
             overwrite=args.overwrite,
@@ -63,5 +71,8 @@ def run(args: argparse.Namespace) -> int:
     except (FileNotFoundError, FileExistsError, ValueError) as err:
         print(f"retrofit graft: error: {err}", file=sys.stderr)
         return 1
+    written = str(stored_dtype(out)).removeprefix("torch.")
+    how = "the base's stored dtype" if args.dtype == "auto" else f"--dtype {args.dtype}"
+    print(f"retrofit graft: wrote {written} weights ({how})")
     print(out)
     return 0
