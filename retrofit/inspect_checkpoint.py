@@ -119,6 +119,18 @@ def inspect_folder(path: str | Path, *, check_hashes: bool = True) -> FolderRepo
     return report
 
 
+def is_training_checkpoint(folder: str | Path) -> bool:
+    """True when `folder` is a Trainer checkpoint rather than a model folder (nothing is opened).
+
+    A training checkpoint holds `retrofit_checkpoint.json`, `trainer_state.json`,
+    `adapter_config.json` or a DeepSpeed `global_step*/` folder; `retrofit export` turns it into a
+    model folder that `generate` / `infill` / `eval` and `model.base` accept.
+    """
+    folder = Path(folder)
+    markers = (MANIFEST_NAME, "trainer_state.json", "adapter_config.json")
+    return any((folder / name).is_file() for name in markers) or bool(_zero_dirs(folder))
+
+
 def _model_type(folder: Path, report: FolderReport) -> str | None:
     config = folder / "config.json"
     if not config.is_file():

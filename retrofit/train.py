@@ -7,15 +7,16 @@ train (optionally resuming) -> final checkpoint (pretraining also writes an offi
 folder to `<output_dir>/final`).
 
 Resume: `training.resume_from_checkpoint=auto` continues from the newest complete checkpoint in
-`output_dir` (or starts fresh), a path resumes from that checkpoint; either is refused with a
-message if the checkpoint's manifest is missing or does not match its files.
+`output_dir` (or starts fresh; either way the choice is printed), a path resumes from that
+checkpoint; either is refused with a message if the checkpoint's manifest is missing or does not
+match its files, or if a DeepSpeed ZeRO checkpoint was saved by another number of processes.
+The run ends by printing the final checkpoint and the `retrofit export` command for it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from typing import Any
 import torch
 
 from retrofit.training.args import Recipe
+from retrofit.training.checkpoint import check_resume_parallelism
 from retrofit.training.recipe import format_recipe, load_recipe, recipe_to_dict
 
 __all__ = [
@@ -57,8 +59,15 @@ def run_training(recipe: Recipe) -> int:
     from retrofit.training.trainer import FlexMDMTrainer
 
     args = recipe.training
-    if args.process_index == 0:
+    main_process = args.process_index == 0
+    if main_process:
         print(f"[retrofit] recipe {recipe.source}\n" + format_recipe(recipe), flush=True)
+    resume = resolve_resume(args.resume_from_checkpoint, args.output_dir)  # refused before any model loads
+    if resume is not None:
+        check_resume_parallelism(resume, args.world_size, _zero_stage(args))
+    resume_line = describe_resume(args.resume_from_checkpoint, resume, args.output_dir)
+    if main_process and resume_line:
+        print(f"[retrofit] {resume_line}", flush=True)
     set_seed(args.seed)
     base = resolve_local(recipe.model.base)
     tokenizer = AutoTokenizer.from_pretrained(base)
@@ -66,7 +75,6 @@ def run_training(recipe: Recipe) -> int:
         model, info = build_model(recipe, base, tokenizer)
     train_ds, eval_ds = build_datasets(recipe, tokenizer)
     collator = build_collator(recipe, model, tokenizer, args)
-    resume = resolve_resume(args.resume_from_checkpoint, args.output_dir)
     full_row_tokens = info.pop("full_row_tokens")
     interrupt = InterruptCheckpoint() if args.save_on_interrupt else None
     trainer = FlexMDMTrainer(
@@ -80,21 +88,67 @@ def run_training(recipe: Recipe) -> int:
         manifest_info=info,
         full_row_tokens=full_row_tokens,
     )
-    if args.process_index == 0:
+    if main_process:
         print(f"[retrofit] {describe_parallelism(trainer)}", flush=True)
     if resume is not None:
         _restore_collator_position(collator, resume, args.gradient_accumulation_steps)
     trainer.train(resume_from_checkpoint=resume)
     if interrupt is not None and interrupt.interrupted_at is not None:
-        if args.process_index == 0:
+        if main_process:
             print(
                 f"[retrofit] interrupted: checkpoint-{interrupt.interrupted_at} saved in {args.output_dir}; "
                 "rerun with training.resume_from_checkpoint=auto",
                 flush=True,
             )
         return 0
-    _save_final(trainer, recipe, tokenizer, base)
+    final = _save_final(trainer, recipe, tokenizer, base)
+    if main_process:
+        print(describe_outcome(recipe, final, trainer.state.global_step), flush=True)
     return 0
+
+
+def _zero_stage(args: Any) -> int | None:
+    """DeepSpeed ZeRO stage of this launch (None without DeepSpeed)."""
+    plugin = getattr(args, "deepspeed_plugin", None)
+    return int(plugin.zero_stage) if plugin is not None else None
+
+
+def describe_resume(value: str | None, resume: str | None, output_dir: str) -> str | None:
+    """One line saying which checkpoint training resumes from, or that `auto` found none.
+
+    Returns:
+        the line, or None when no resume was asked for.
+    """
+    if resume is None:
+        if value == "auto":
+            return f"training.resume_from_checkpoint=auto: no checkpoint in {output_dir}; starting fresh"
+        return None
+    how = (
+        "the newest complete checkpoint, picked by training.resume_from_checkpoint=auto"
+        if value == "auto"
+        else "training.resume_from_checkpoint"
+    )
+    return f"resuming from {resume} ({how})"
+
+
+def describe_outcome(recipe: Recipe, final: Path | None, step: int) -> str:
+    """Where the run left its result and the next command (printed when training ends)."""
+    out = Path(recipe.training.output_dir)
+    if recipe.mode == "pretrain":
+        folder = out / "final"
+        return (
+            f"[retrofit] done at step {step}; model folder: {folder}\n"
+            f"[retrofit] next: use it as model.base of a retrofit recipe, or: retrofit generate {folder} --prompt TEXT"
+        )
+    if final is None:
+        return (
+            f"[retrofit] done at step {step}; no checkpoint saved (training.save_strategy="
+            f"{recipe.training.save_strategy}), so there is nothing to export"
+        )
+    return (
+        f"[retrofit] done at step {step}; final checkpoint: {final}\n"
+        f"[retrofit] next: retrofit export {final} --out exports/{out.name}"
+    )
 
 
 @contextlib.contextmanager
@@ -128,14 +182,19 @@ def describe_parallelism(trainer: Any) -> str:
     return text + f" device={trainer.args.device}"
 
 
-def resolve_local(name_or_path: str) -> str:
-    """A local folder for a model: the path itself, or the Hub cache snapshot of an id."""
-    if Path(name_or_path).expanduser().is_dir():
-        return str(Path(name_or_path).expanduser())
-    from huggingface_hub import snapshot_download
+def resolve_local(name_or_path: str, field: str = "model.base") -> str:
+    """A local model folder for a recipe's `model.base`: the path itself, or the Hub cache snapshot.
 
-    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")
-    return snapshot_download(name_or_path, local_files_only=offline)
+    Raises:
+        FileNotFoundError: a path that does not exist ("no such folder: PATH").
+        OSError: a Hub id not in the cache while HF_HUB_OFFLINE is set (says how to download it).
+        CheckpointError: a training checkpoint (use `model.init_from`, or export it first).
+    """
+    from retrofit.models.loading import refuse_training_checkpoint, resolve_model_dir
+
+    folder = resolve_model_dir(name_or_path, field=field)
+    refuse_training_checkpoint(folder, field=field)
+    return folder
 
 
 def build_model(recipe: Recipe, base: str, tokenizer: Any) -> tuple[torch.nn.Module, dict[str, Any]]:
@@ -370,14 +429,19 @@ def _restore_collator_position(collator: Any, checkpoint: str, grad_accum: int) 
     collator.load_state_dict({"calls": int(state["global_step"]) * grad_accum})
 
 
-def _save_final(trainer: Any, recipe: Recipe, tokenizer: Any, base: str) -> None:
-    """Save the last step as a checkpoint (if not saved yet); pretraining also writes `final/`."""
+def _save_final(trainer: Any, recipe: Recipe, tokenizer: Any, base: str) -> Path | None:
+    """Save the last step as a checkpoint (if not saved yet); pretraining also writes `final/`.
+
+    Returns:
+        the final checkpoint folder, or None when none exists (`save_strategy: no`, no step run).
+    """
     step = trainer.state.global_step
     last = Path(recipe.training.output_dir) / f"checkpoint-{step}"
     if step > 0 and not last.is_dir() and trainer.args.save_strategy != "no":
         trainer._save_checkpoint(trainer.model_wrapped, trial=None)
     if recipe.mode == "pretrain":
         save_final_folder(trainer, tokenizer, Path(recipe.training.output_dir) / "final")
+    return last if last.is_dir() else None
 
 
 def save_final_folder(trainer: Any, tokenizer: Any, out_dir: Path) -> None:

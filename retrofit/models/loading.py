@@ -205,9 +205,111 @@ def validate_llada_dir(path: str | Path, trust_bin: bool = False) -> LLaDAConfig
     return config
 
 
-def _looks_local(path_or_id: str) -> bool:
-    """True for strings that cannot be Hub ids ("org/name"): absolute, ./relative, a/b/c."""
-    return path_or_id.startswith((".", "/", "~")) or path_or_id.count("/") > 1
+def looks_like_path(name_or_path: str) -> bool:
+    """True when a model reference must be a local folder rather than a Hub id ("org/name").
+
+    That is: it starts with `./`, `../`, `/` or `~`; it holds more than one `/`; or its first
+    component exists here (`runs/x` beside a `runs/` folder).
+    """
+    text = str(name_or_path)
+    if text in (".", "..") or text.startswith(("./", "../", "/", "~")) or text.count("/") > 1:
+        return True
+    return "/" in text and Path(text.split("/", 1)[0]).exists()
+
+
+def hub_offline() -> bool:
+    """True when HF_HUB_OFFLINE is set to a true value (read now, not at import)."""
+    return os.environ.get("HF_HUB_OFFLINE", "0").strip().lower() not in ("", "0", "false", "no", "off")
+
+
+def offline_message(repo_id: str, field: str = "model") -> str:
+    """Why a Hub id cannot be loaded while HF_HUB_OFFLINE is set, and the two ways out."""
+    return (
+        f"{field}={repo_id}: not a local folder, and HF_HUB_OFFLINE={os.environ.get('HF_HUB_OFFLINE')} "
+        f"keeps retrofit offline, but {repo_id} is not in the Hugging Face cache. Download it once where "
+        f"there is network: `hf download {repo_id}` (`huggingface-cli download {repo_id}` with "
+        "huggingface_hub < 1.0), or unset HF_HUB_OFFLINE; or pass the path of a local copy"
+    )
+
+
+def resolve_model_dir(name_or_path: str | Path, *, field: str = "model") -> str:
+    """A local folder for a model: the folder itself, or the Hub cache snapshot of an id.
+
+    Args:
+        name_or_path: a local folder, or a Hub id such as "GSAI-ML/LLaDA-8B-Base" (downloaded
+            unless HF_HUB_OFFLINE is set, in which case only the cache is used).
+        field: what the value is called in messages (e.g. "model.base").
+
+    Returns:
+        the folder path (str).
+
+    Raises:
+        FileNotFoundError: the value looks like a path (see `looks_like_path`) and no such folder
+            exists ("no such folder: PATH"), or it is a file, or neither a folder nor a valid Hub id.
+        OSError: a Hub id missing from the cache while HF_HUB_OFFLINE is set (says how to download).
+    """
+    text = str(name_or_path)
+    local = Path(text).expanduser()
+    if local.is_dir():
+        return str(local)
+    if local.exists():
+        raise FileNotFoundError(f"{field}={text}: is a file; expected a model folder (or a Hub id)")
+    if looks_like_path(text):
+        where = "" if str(local.absolute()) == text else f" (looked in {local.absolute()})"
+        raise FileNotFoundError(f"{field}: no such folder: {text}{where}")
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
+
+    try:
+        return snapshot_download(text, local_files_only=hub_offline())
+    except HFValidationError as err:
+        raise FileNotFoundError(f"{field}={text}: no such folder, and not a valid Hub id ({err})") from err
+    except LocalEntryNotFoundError as err:
+        if hub_offline():
+            raise OSError(offline_message(text, field)) from err
+        raise
+
+
+def refuse_training_checkpoint(folder: str | Path, *, field: str | None = None) -> None:
+    """Refuse a training checkpoint where a model folder is expected, with the way forward.
+
+    A LoRA or ZeRO Trainer checkpoint (no config.json of its own) is not a model; a
+    full-parameter checkpoint (`mode: pretrain`: config.json + weights) loads as it is.
+
+    Args:
+        folder: the folder given.
+        field: the recipe field it was given as (e.g. "model.base"); None for a verb's MODEL_DIR.
+
+    Raises:
+        CheckpointError: "PATH is a training checkpoint; export it first: retrofit export PATH
+            --out OUT"; as a recipe field it also suggests `model.init_from=PATH` with the
+            checkpoint's own base (from its manifest).
+    """
+    from retrofit.inspect_checkpoint import is_training_checkpoint
+
+    folder = Path(folder)
+    if (folder / "config.json").is_file() or not is_training_checkpoint(folder):
+        return
+    export = f"retrofit export {folder} --out OUT"
+    if field is None:
+        raise CheckpointError(
+            f"{folder} is a training checkpoint, not a model folder; export it first: {export}"
+        )
+    base = _manifest_base(folder)
+    init = f"model.base={base} model.init_from={folder}" if base else f"model.init_from={folder}"
+    raise CheckpointError(
+        f"{field}={folder} is a training checkpoint, not a model folder: use {init} to start a new "
+        f"stage from its trained weights, or export it first ({export}) and use OUT as {field}"
+    )
+
+
+def _manifest_base(folder: Path) -> str | None:
+    """The base model path recorded in a checkpoint's retrofit_checkpoint.json (None if unreadable)."""
+    try:
+        manifest = json.loads((folder / "retrofit_checkpoint.json").read_text(encoding="utf-8"))
+        return str(manifest["base_model"]["path"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def _has_safetensors(path: Path) -> bool:
@@ -233,30 +335,29 @@ def load_llada(
         LLaDAModelLM in eval mode.
 
     Raises:
-        FileNotFoundError, CheckpointError: see `validate_llada_dir`; also when loading leaves
-            any parameter missing.
-        OSError: a Hub id could not be fetched (the message mentions HF_HUB_OFFLINE if set).
+        FileNotFoundError, CheckpointError: see `validate_llada_dir`; a path that does not exist
+            ("no such folder"); a training checkpoint (see `refuse_training_checkpoint`); also
+            when loading leaves any parameter missing.
+        OSError: a Hub id could not be fetched (offline: says how to download it).
     """
     kwargs: dict = {"dtype": dtype if dtype is not None else "auto", "output_loading_info": True}
     if device is not None:
         kwargs["device_map"] = {"": str(device)}
     local = Path(path_or_id).expanduser()
     if local.exists():
+        refuse_training_checkpoint(local)
         kwargs["config"] = validate_llada_dir(local, trust_bin=trust_bin)
         kwargs["use_safetensors"] = _has_safetensors(local)
         source = str(local)
-    elif _looks_local(str(path_or_id)):
-        raise FileNotFoundError(f"{path_or_id} does not exist")
+    elif looks_like_path(str(path_or_id)):
+        raise FileNotFoundError(f"no such folder: {path_or_id}")
     else:
         source = str(path_or_id)
     try:
         model, info = LLaDAModelLM.from_pretrained(source, **kwargs)
     except OSError as e:
-        if os.environ.get("HF_HUB_OFFLINE", "0").lower() not in ("", "0", "false", "no"):
-            raise OSError(
-                f"could not load {source!r}: it is not a local folder and HF_HUB_OFFLINE is set, so the Hub "
-                f"is not contacted; unset HF_HUB_OFFLINE or pass a local path ({e})"
-            ) from e
+        if hub_offline():
+            raise OSError(f"{offline_message(source)} ({e})") from e
         raise
     if info["missing_keys"] or info["mismatched_keys"]:
         raise CheckpointError(

@@ -2,7 +2,8 @@
 
 The kind is read from config.json ``model_type`` ("flexmdm" or "llada"); the weights are loaded
 with transformers' ``AutoModel`` after ``import retrofit.models`` registered both types (no remote
-code, safetensors only).
+code, safetensors only). A training checkpoint (LoRA / ZeRO) is refused with the export command
+that turns it into a model folder.
 
 Example::
 
@@ -59,16 +60,23 @@ def load_model(
         (model, tokenizer, kind); tokenizer is None when the folder has no tokenizer files.
 
     Raises:
-        FileNotFoundError: the folder has no config.json, or a weight shard is missing.
-        CheckpointError: a shard is truncated / unreadable (the message names it).
+        FileNotFoundError: no such folder, the folder has no config.json, or a weight shard is
+            missing.
+        CheckpointError: a training checkpoint ("export it first: retrofit export PATH --out
+            OUT"), or a shard is truncated / unreadable (the message names it).
         ValueError: config.json has another model_type, or a bad dtype.
     """
+    folder = Path(model_dir).expanduser()
+    if not folder.is_dir():
+        raise FileNotFoundError(
+            f"no such folder: {model_dir} (MODEL_DIR must be a FlexMDM or LLaDA model folder)"
+        )
     from transformers import AutoModel, AutoTokenizer
 
     import retrofit.models  # noqa: F401  (registers "llada" and "flexmdm" with the Auto classes)
-    from retrofit.models.loading import read_shapes, weight_files
+    from retrofit.models.loading import read_shapes, refuse_training_checkpoint, weight_files
 
-    folder = Path(model_dir).expanduser()
+    refuse_training_checkpoint(folder)  # a Trainer checkpoint: say how to export it
     config_path = folder / "config.json"
     if not config_path.is_file():
         raise FileNotFoundError(

@@ -6,7 +6,8 @@ A training checkpoint is a standard HF Trainer checkpoint folder of a peft-wrapp
 a `global_step*/` folder of ZeRO shards) plus this manifest. The manifest records what
 `retrofit export` needs to rebuild the model without guessing: the kind ("flexmdm" | "llada"),
 the base model path and a cheap fingerprint of it, the FlexMDM config / graft dict, the LoRA
-settings, the recipe, the step, and the sha256 of every file in the folder. It is written last,
+settings, the recipe, the step, the world size and ZeRO stage it was saved with (a ZeRO
+checkpoint resumes only under the same world size), and the sha256 of every file in the folder. It is written last,
 atomically, with `"complete": true`; a folder without it is an unfinished checkpoint.
 
 Call `write_manifest` on the main process only, after every rank has finished writing (after
@@ -76,6 +77,7 @@ def write_manifest(
     recipe: dict,
     step: int,
     extra: dict | None = None,
+    parallelism: dict | None = None,
 ) -> Path:
     """Hash every file of a finished checkpoint folder and write `retrofit_checkpoint.json`.
 
@@ -89,6 +91,9 @@ def write_manifest(
         recipe: the training recipe (data, schedules, optimiser, sampler defaults...).
         step: global optimiser step of this checkpoint.
         extra: optional additional JSON-serialisable fields (stored under "extra").
+        parallelism: how the run was laid out, {"world_size": int, "zero_stage": int | None}
+            (None stage = no DeepSpeed); resume refuses a ZeRO checkpoint under another world
+            size (`check_resume_parallelism`).
 
     Returns:
         Path of the manifest.
@@ -114,6 +119,7 @@ def write_manifest(
         "lora": lora,
         "recipe": recipe,
         "extra": extra or {},
+        "parallelism": parallelism or {},
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "files": file_digests(ckpt, exclude=(MANIFEST_NAME,)),
         "complete": True,
@@ -229,3 +235,67 @@ def check_base(manifest: dict, base_dir: str | os.PathLike) -> list[str]:
             f"{base_dir}: weight files {have['weights']} differ from the recorded {want.get('weights')}"
         )
     return problems
+
+
+def saved_parallelism(checkpoint_dir: str | os.PathLike) -> tuple[int | None, int | None]:
+    """(world size, ZeRO stage) a checkpoint was saved with.
+
+    Read from the manifest's `parallelism`; for checkpoints written before it was recorded, the
+    world size is the number of DeepSpeed per-rank optimizer shards
+    (`global_step*/*zero_pp_rank_<r>_mp_rank_00_optim_states.pt`) and the stage is unknown (None).
+
+    Returns:
+        (world size or None if unknown, ZeRO stage or None for no DeepSpeed / unknown).
+    """
+    ckpt = Path(checkpoint_dir)
+    try:
+        recorded = read_manifest(ckpt).get("parallelism") or {}
+    except CheckpointError:
+        recorded = {}
+    if recorded.get("world_size") is not None:
+        stage = recorded.get("zero_stage")
+        return int(recorded["world_size"]), (int(stage) if stage is not None else None)
+    ranks = {
+        p.name.split("zero_pp_rank_")[1].split("_")[0] for p in ckpt.glob("global_step*/*optim_states.pt")
+    }
+    return (len(ranks) or None), None
+
+
+def check_resume_parallelism(
+    checkpoint_dir: str | os.PathLike, world_size: int, zero_stage: int | None
+) -> None:
+    """Refuse to resume a DeepSpeed ZeRO checkpoint under another number of processes.
+
+    ZeRO splits the optimizer state (Adam moments, fp32 master weights) into one shard per
+    process. Resumed by a different number of processes -- or without DeepSpeed -- the Trainer
+    restores the weights but silently starts the optimizer afresh. Checkpoints without ZeRO
+    shards (one process, DDP) hold the whole optimizer state and resume under any world size.
+
+    Args:
+        checkpoint_dir: the checkpoint to resume from.
+        world_size: processes of this run.
+        zero_stage: this run's DeepSpeed ZeRO stage; None when it does not use DeepSpeed.
+
+    Raises:
+        CheckpointError: naming both world sizes and the two ways forward (resume with the
+            saved number of processes, or `model.init_from` for a new run from its weights).
+    """
+    ckpt = Path(checkpoint_dir)
+    saved_size, saved_stage = saved_parallelism(ckpt)
+    zero_saved = saved_stage is not None or any(p.is_dir() for p in ckpt.glob("global_step*"))
+    if not zero_saved or saved_size is None:
+        return
+    if zero_stage is not None and saved_size == world_size:
+        return
+    stage = f"ZeRO-{saved_stage}" if saved_stage is not None else "ZeRO"
+    now = f"{world_size} process(es)" + (
+        " without DeepSpeed" if zero_stage is None else f" (ZeRO-{zero_stage})"
+    )
+    raise CheckpointError(
+        f"refusing to resume from {ckpt}: it was saved by {saved_size} process(es) under DeepSpeed {stage}, "
+        f"and this run has {now}. ZeRO keeps one optimizer shard per process, so the weights would be "
+        "restored but the optimizer state and its step counter silently reset. Either resume with "
+        f"{saved_size} processes (accelerate launch --num_processes {saved_size} with the same DeepSpeed "
+        f"config), or start a new run from its trained weights: model.init_from={ckpt} (LoRA stages; "
+        "fresh optimizer and LR schedule, training.resume_from_checkpoint unset)"
+    )

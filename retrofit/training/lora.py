@@ -12,6 +12,9 @@ Spec §2.8 (LoRA r = alpha = 128, dropout 0.1 on q/k/v and the LM head `transfor
 
 from __future__ import annotations
 
+import contextlib
+import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +36,7 @@ __all__ = [
     "cast_trainable",
     "lora_config",
     "param_group_of",
+    "quiet_peft_rename_warning",
     "trainable_report",
     "wrap_with_lora",
 ]
@@ -84,6 +88,25 @@ def lora_config(recipe: LoraRecipe, modules_to_save: list[str]) -> Any:
     )
 
 
+PEFT_RENAME_WARNING = r"`is_gradient_checkpointing` is deprecated"
+"""Start of the FutureWarning transformers 5.x raises when peft's `PeftModel.__init__` reads the
+renamed `is_gradient_checkpointing` (now `is_activation_checkpointing`); nothing a user can fix."""
+
+
+@contextlib.contextmanager
+def quiet_peft_rename_warning() -> Iterator[None]:
+    """Within the block, drop the one FutureWarning of `PEFT_RENAME_WARNING` (others still show).
+
+    Wrap `get_peft_model(...)` / `PeftModel(...)` calls in it:
+
+        with quiet_peft_rename_warning():
+            peft_model = get_peft_model(model, config)
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=PEFT_RENAME_WARNING, category=FutureWarning)
+        yield
+
+
 def wrap_with_lora(model: nn.Module, recipe: LoraRecipe, modules_to_save: list[str]) -> PeftModel:
     """Wrap a model with LoRA and check the result.
 
@@ -111,7 +134,8 @@ def wrap_with_lora(model: nn.Module, recipe: LoraRecipe, modules_to_save: list[s
     for target in config.modules_to_save or []:
         if not any(n == target or n.endswith(f".{target}") for n in names):
             raise ValueError(f"modules_to_save: {target!r} matches no module of {type(model).__name__}")
-    peft_model = get_peft_model(model, config)
+    with quiet_peft_rename_warning():
+        peft_model = get_peft_model(model, config)
     _check_trainable(peft_model, config.modules_to_save or [])
     return peft_model
 

@@ -13,8 +13,9 @@ Trainer's own):
 - logging: `unmask_loss`, `length_loss` (averaged across ranks), `lr/<group>`, `tokens_per_s`,
   `computed_frac` and `slowest_rank_share` (see `retrofit.training.callbacks.StepStats`).
 - checkpoints: written into `<output_dir>/.tmp-staging/checkpoint-N`, completed with the
-  `retrofit_checkpoint.json` manifest, then renamed to `<output_dir>/checkpoint-N` (atomic);
-  the last `save_total_limit` are kept.
+  `retrofit_checkpoint.json` manifest (which records the world size and ZeRO stage), then
+  renamed to `<output_dir>/checkpoint-N` (atomic); the last `save_total_limit` are kept.
+- on CPU, `dataloader_pin_memory` is turned off (pinning needs an accelerator; torch warns).
 """
 
 from __future__ import annotations
@@ -61,6 +62,10 @@ class FlexMDMTrainer(Trainer):
         eval_data_collator: Any = None,
         **kwargs: Any,
     ):
+        training_args = kwargs.get("args", args[1] if len(args) > 1 else None)
+        if training_args is not None and training_args.device.type == "cpu":
+            # pinned memory only helps copies to an accelerator; on CPU torch warns about it per loader
+            training_args.dataloader_pin_memory = False
         super().__init__(*args, **kwargs)
         self.eval_data_collator = eval_data_collator
         # Our loss is a per-micro-batch mean; let the Trainer divide by the accumulation steps.
@@ -186,6 +191,11 @@ class FlexMDMTrainer(Trainer):
 
     # ------------------------------------------------------------------ atomic checkpoints
 
+    def parallelism(self) -> dict[str, int | None]:
+        """{"world_size", "zero_stage"} of this run (stage None without DeepSpeed), for the manifest."""
+        stage = self.accelerator.state.deepspeed_plugin.zero_stage if self.is_deepspeed_enabled else None
+        return {"world_size": int(self.accelerator.num_processes), "zero_stage": stage}
+
     def _get_output_dir(self, trial) -> str:
         return self._staging if self._staging is not None else super()._get_output_dir(trial)
 
@@ -212,7 +222,9 @@ class FlexMDMTrainer(Trainer):
         if self.manifest_info is not None:
             from retrofit.training.checkpoint import write_manifest
 
-            write_manifest(staged, step=self.state.global_step, **self.manifest_info)
+            write_manifest(
+                staged, step=self.state.global_step, parallelism=self.parallelism(), **self.manifest_info
+            )
         if os.path.exists(final):  # same step saved again (e.g. interrupt right after a save)
             shutil.rmtree(final)
         os.replace(staged, final)
