@@ -97,7 +97,7 @@ def test_bad_specs_and_fields_raise_clear_errors(tok, docs_file) -> None:
         build_dataset({"format": "chat", "source": str(docs_file)}, tok, 10)
     with pytest.raises(KeyError, match="set text_field"):
         build_dataset({"format": "text", "source": str(docs_file), "text_field": "body"}, tok, 10)
-    with pytest.raises(FileNotFoundError, match="not found"):
+    with pytest.raises(FileNotFoundError, match="no such file: "):
         build_dataset({"format": "text", "source": str(docs_file.with_name("nope.jsonl"))}, tok, 10)
 
 

@@ -108,7 +108,7 @@ def test_yaml11_words_in_overrides_stay_words_for_text_fields():
         ("data.train.5.limit=1", "not an index"),
         ("model.dtype=float8", "model.dtype='float8' is not one of"),
         ("training.loss=ce", "training.loss='ce' is not one of"),
-        ("bogus.x=1", "unknown top-level keys"),
+        ("bogus.x=1", "unknown section 'bogus'"),
     ],
 )
 def test_bad_overrides_name_the_key(override, message):

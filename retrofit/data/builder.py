@@ -27,7 +27,7 @@ import datasets
 import numpy as np
 
 from retrofit.data.infill import infill_candidates
-from retrofit.data.report import SAMPLE_COLUMNS, DataReport, candidate_features
+from retrofit.data.report import SAMPLE_COLUMNS, DataReport, candidate_features, require_samples
 from retrofit.data.sft import sft_candidates
 from retrofit.data.sources import SOURCE_FIELDS, load_source
 from retrofit.data.text import text_candidates
@@ -161,6 +161,7 @@ def _count_and_filter(mapped: datasets.Dataset, report: DataReport, rows: int) -
     dataset = mapped.select(kept) if len(kept) < len(reasons) else mapped
     report.truncated = int(np.sum(dataset["truncated"])) if len(dataset) else 0
     report.split_extra = int(np.sum(dataset["split_extra"])) if len(dataset) else 0
+    report.longest = int(np.max(mapped["length"])) if len(mapped) else 0
     return dataset.select_columns(list(SAMPLE_COLUMNS))
 
 
@@ -193,6 +194,8 @@ def build_mixture(
 
     Raises:
         ValueError: empty specs, a negative / all-zero weight, streaming specs, or an unknown strategy.
+        NoSamplesError: a spec yielded no sample (e.g. every row longer than max_length); the
+            message gives the counts and the ``data.max_length`` to use (`require_samples`).
     """
     if strategy not in ("concatenate", "interleave"):
         raise ValueError(f"build_mixture: strategy must be 'concatenate' or 'interleave', got {strategy!r}")
@@ -201,9 +204,10 @@ def build_mixture(
         raise ValueError(f"build_mixture: need >= 1 spec and weights >= 0 with a positive sum, got {weights}")
     if any(spec.get("streaming") for spec in specs):
         raise ValueError("build_mixture: streaming specs cannot be mixed; build them with build_dataset")
-    built = [
-        build_dataset(s, tokenizer, max_length, seed, data_dir=data_dir, num_proc=num_proc) for s in specs
-    ]
+    built = []
+    for spec in specs:  # fail on the first source that yields nothing, before building the rest
+        built.append(build_dataset(spec, tokenizer, max_length, seed, data_dir=data_dir, num_proc=num_proc))
+        require_samples(built[-1][1], max_length, spec["format"])
     report = DataReport()
     for _, part_report in built:
         report = report.merge(part_report)

@@ -73,7 +73,7 @@ def infill_candidates(
         ids = instruction_ids + body_ids
         chunks, reason = chunk_ids(ids, max_length, overflow)
         if reason:
-            out.add(skip=reason)
+            out.add(ids, skip=reason)
         for k, chunk in enumerate(chunks):
             cutoff = len(instruction_ids) if k == 0 else 0
             too_short = len(chunk) < min_infill_length(cutoff)

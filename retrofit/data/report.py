@@ -16,7 +16,15 @@ from dataclasses import dataclass, field
 
 import datasets
 
-__all__ = ["SAMPLE_COLUMNS", "SKIP_REASONS", "Candidates", "DataReport", "candidate_features"]
+__all__ = [
+    "SAMPLE_COLUMNS",
+    "SKIP_REASONS",
+    "Candidates",
+    "DataReport",
+    "NoSamplesError",
+    "candidate_features",
+    "require_samples",
+]
 
 SAMPLE_COLUMNS = ("input_ids", "prompt_length", "infill_cutoff", "anchors")
 """Columns of every built sample (all formats, so mixtures concatenate):
@@ -48,6 +56,7 @@ def candidate_features() -> datasets.Features:
             "skip_reason": datasets.Value("string"),
             "truncated": datasets.Value("bool"),
             "split_extra": datasets.Value("bool"),
+            "length": datasets.Value("int32"),
         }
     )
 
@@ -69,7 +78,11 @@ class Candidates:
         truncated: bool = False,
         split_extra: bool = False,
     ) -> None:
-        """Record a kept sample (``skip=""``) or a skipped candidate (``skip`` = reason code)."""
+        """Record a kept sample (``skip=""``) or a skipped candidate (``skip`` = reason code).
+
+        A skipped candidate may pass its ``input_ids`` too: they are not kept, but their length is
+        (the ``length`` column, from which `DataReport.longest` is taken).
+        """
         values = (
             list(input_ids or []) if not skip else [],
             prompt_length,
@@ -78,6 +91,7 @@ class Candidates:
             skip,
             truncated,
             split_extra,
+            len(input_ids or []),
         )
         for column, value in zip(self.columns.values(), values):
             column.append(value)
@@ -95,6 +109,9 @@ class DataReport:
         truncated: samples cut to max_length (text / infill `overflow="truncate"`).
         split_extra: extra samples created by splitting long documents (`overflow="split"`).
         streaming: True for streaming sources; their counts are not known up front.
+        longest: token length of the longest candidate, kept or skipped (after split / truncation;
+            a skipped ``too_long`` row counts with its full length): the ``max_length`` that would
+            keep every row.
     """
 
     name: str = ""
@@ -104,6 +121,7 @@ class DataReport:
     truncated: int = 0
     split_extra: int = 0
     streaming: bool = False
+    longest: int = 0
 
     def __post_init__(self) -> None:
         self.skipped = Counter(self.skipped)
@@ -138,6 +156,7 @@ class DataReport:
             truncated=self.truncated + other.truncated,
             split_extra=self.split_extra + other.split_extra,
             streaming=self.streaming or other.streaming,
+            longest=max(self.longest, other.longest),
         )
 
     def __str__(self) -> str:
@@ -146,6 +165,8 @@ class DataReport:
         parts = [f"{self.name}: {self.rows} rows -> {self.samples} samples"]
         if self.skipped:
             parts.append("skipped: " + ", ".join(f"{k}={v}" for k, v in sorted(self.skipped.items())))
+        if self.skipped.get("too_long"):  # the max_length that would keep them
+            parts.append(f"longest row: {self.longest} tokens")
         if self.truncated:
             parts.append(f"truncated: {self.truncated}")
         if self.split_extra:
@@ -156,3 +177,44 @@ class DataReport:
         """Log the summary at INFO, or at WARNING when anything was skipped."""
         level = logging.WARNING if self.num_skipped else logging.INFO
         (logger or _LOG).log(level, "data report: %s", self)
+
+
+class NoSamplesError(ValueError):
+    """Every row of a data source was skipped; the message gives the counts and the fix."""
+
+
+def require_samples(report: DataReport, max_length: int, fmt: str = "") -> None:
+    """Raise before training when a (non-streaming) data source yielded no sample at all.
+
+    Some rows skipped is normal (they are counted and logged); all of them skipped is a mistake
+    that would otherwise surface as torch's ``num_samples=0`` after the model has loaded.
+
+    Args:
+        report: the source's report (`retrofit.data.builder.build_dataset`).
+        max_length: the ``data.max_length`` the source was built with.
+        fmt: the spec's format ("text", "sft", "infill"), for the overflow hint.
+
+    Raises:
+        NoSamplesError: ``report.samples == 0``; the message names the source, the rows read, the
+            rows dropped per reason, the longest row and, when rows were too long,
+            ``data.max_length=N`` that keeps them all.
+    """
+    if report.streaming or report.samples > 0:
+        return
+    if report.rows == 0:
+        raise NoSamplesError(f"data {report.name}: the source has no rows (limit: 0?); add rows or remove it")
+    dropped = ", ".join(f"{n} dropped as {k.replace('_', ' ')}" for k, n in sorted(report.skipped.items()))
+    head = f"data {report.name}: no sample left: {report.rows} rows read, {dropped or 'none dropped'}."
+    if report.longest > max_length:
+        overflow = (
+            " (or set overflow: split / truncate in the data spec)" if fmt in ("text", "infill") else ""
+        )
+        raise NoSamplesError(
+            f"{head} The longest row has {report.longest} tokens but data.max_length={max_length}: "
+            f"raise it, e.g. data.max_length={report.longest}{overflow}, or shorten the rows."
+        )
+    meanings = "; ".join(f"{k.replace('_', ' ')}: {SKIP_REASONS[k]}" for k in sorted(report.skipped))
+    raise NoSamplesError(
+        f"{head} ({meanings}.) Fix the rows, or name the right columns in the data spec "
+        "(prompt_field / response_field / text_field)."
+    )

@@ -31,6 +31,7 @@ from typing import Any
 
 import datasets
 
+from retrofit.data.file_checks import DataFileError, check_local_file, missing_file_message
 from retrofit.data.skip_dirs import SKIP_DIRS, STDLIB_EXCLUDE
 
 __all__ = [
@@ -98,7 +99,10 @@ def load_source(
         A datasets.Dataset (or IterableDataset when streaming).
 
     Raises:
-        FileNotFoundError: a local file / folder named by the source is missing.
+        FileNotFoundError: a local file / folder named by the source is missing ("no such file:
+            PATH" for a source that looks like a path: a file suffix, a leading / . ~, or two /).
+        DataFileError: a local file is empty, not UTF-8 or holds a broken JSON row (see
+            `retrofit.data.file_checks`; the message names the file, the line and the fix).
         RuntimeError: a Hub dataset could not be loaded (offline, wrong name); the message says
             how to use local data instead.
     """
@@ -114,8 +118,10 @@ def load_source(
     path = Path(source).expanduser()
     if path.is_dir():
         return read_code_files(path)
-    if path.suffix in _FILE_BUILDERS or path.suffixes[-2:-1] == [".jsonl"]:
-        return _load_file(_require(path, source), streaming)
+    if path.suffix in _FILE_BUILDERS or path.suffixes[-2:-1] == [".jsonl"] or _looks_like_path(source):
+        if not path.is_file():
+            raise FileNotFoundError(missing_file_message(path, source))
+        return _load_file(path, streaming)
     if source == "humaneval":  # the Hub dataset has one "test" split; name the solution as locally
         return _load_hub(source, "test", streaming).rename_column("canonical_solution", "solution")
     return _load_hub(source, split, streaming)
@@ -130,11 +136,40 @@ def _require(path: Path, source: str) -> Path:
     return path
 
 
+def _looks_like_path(source: str) -> bool:
+    """A local path rather than a Hub id (``owner/name``): starts with / . ~ or has two slashes."""
+    return source.startswith(("/", ".", "~")) or source.count("/") >= 2
+
+
 def _load_file(path: Path, streaming: bool) -> datasets.Dataset | datasets.IterableDataset:
+    """Check the file with the stdlib (`check_local_file`), then read it with `datasets`."""
     suffix = ".jsonl" if path.suffixes[-2:-1] == [".jsonl"] else path.suffix
-    builder = _FILE_BUILDERS[suffix]
+    builder = _FILE_BUILDERS.get(suffix)
+    if builder is None:
+        raise DataFileError(
+            f"{path}: unknown data file type {suffix or '(no suffix)'!r}; use one of "
+            f"{', '.join(_FILE_BUILDERS)} (or .jsonl.gz), or pass a folder of code as code:DIR"
+        )
+    check_local_file(path, full=not streaming)
     kwargs: dict[str, Any] = {"sample_by": "document"} if builder == "text" else {}
-    return datasets.load_dataset(builder, data_files=str(path), split="train", streaming=streaming, **kwargs)
+    no_rows = DataFileError(
+        f"{path}: no rows (only a header?). Add rows, or remove it from data.train / data.eval."
+    )
+    try:
+        ds = datasets.load_dataset(
+            builder, data_files=str(path), split="train", streaming=streaming, **kwargs
+        )
+    except (datasets.exceptions.DatasetGenerationError, ValueError) as err:  # pyarrow names no file
+        if "corresponds to no data" in str(err):
+            raise no_rows from err
+        detail = err.__cause__ or err
+        raise DataFileError(
+            f"{path}: datasets could not read it as {builder}: {type(detail).__name__}: {detail}. "
+            "Check that every row has the same fields with the same types."
+        ) from err
+    if not streaming and len(ds) == 0:
+        raise no_rows
+    return ds
 
 
 def _load_hub(source: str, split: str, streaming: bool) -> datasets.Dataset | datasets.IterableDataset:

@@ -90,7 +90,7 @@ def text_candidates(
             continue
         chunks, reason = chunk_ids(by_row[i], max_length, overflow)
         if reason:
-            out.add(skip=reason)
+            out.add(by_row[i], skip=reason)
         for k, chunk in enumerate(chunks):
             truncated = overflow == "truncate" and len(by_row[i]) > max_length
             out.add(chunk, truncated=truncated, split_extra=k > 0)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import enum
 import types
 import typing
 from pathlib import Path
@@ -93,7 +94,8 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str] | tuple[str, ...])
     """Return a copy of `raw` with dotted `key=value` overrides applied (values parsed as YAML).
 
     Raises:
-        RecipeError: an override without `=`, or a path through a non-container / bad list index.
+        RecipeError: an override without `=`, without a known section (the message names the
+            section that has the field), or a path through a non-container / bad list index.
     """
     raw = yaml.safe_load(yaml.safe_dump(raw))  # deep copy of plain data
     for item in overrides:
@@ -102,6 +104,7 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str] | tuple[str, ...])
             raise RecipeError(
                 f"override {item!r} must look like section.key=value (e.g. training.max_steps=20)"
             )
+        _check_override_section(item, key, text)
         node: Any = raw
         parts = key.split(".")
         for depth, part in enumerate(parts):
@@ -120,6 +123,40 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str] | tuple[str, ...])
                     node[part] = {}
                 node = node[part]
     return raw
+
+
+def _check_override_section(item: str, key: str, text: str) -> None:
+    """Blame an override whose first part is not a section: suggest the section owning the field.
+
+    Raises:
+        RecipeError: e.g. "override 'max_steps=5' has no section: write training.max_steps=5
+            (sections: model, lora, data, objective, training)".
+    """
+    head, dot, rest = key.partition(".")
+    if head in SECTIONS or head in TOP_LEVEL:
+        return
+    sections = ", ".join(SECTIONS)
+    fields = {name: [f.name for f in dataclasses.fields(cls) if f.init] for name, cls in SECTIONS.items()}
+    if not dot:  # `max_steps=5`: the field itself, without a section
+        targets = [f"{name}.{key}" for name, names in fields.items() if key in names]
+        targets = targets or _close_fields(key, fields)
+        if targets:
+            fixes = " or ".join(f"{target}={text}" for target in targets)
+            raise RecipeError(f"override {item!r} has no section: write {fixes} (sections: {sections})")
+        raise RecipeError(
+            f"override {item!r} has no section, and no section has a field {key!r}: write "
+            f"section.field=value (sections: {sections}; `retrofit train --help` lists the fields)"
+        )
+    close = difflib.get_close_matches(head, list(SECTIONS), n=1)
+    hint = f"; did you mean {close[0]}.{rest}={text}?" if close else ""
+    raise RecipeError(f"override {item!r}: unknown section {head!r} (sections: {sections}){hint}")
+
+
+def _close_fields(key: str, fields: dict[str, list[str]]) -> list[str]:
+    """`section.field` names close to `key` (a misspelt field given without a section)."""
+    dotted = {f"{section}.{name}": name for section, names in fields.items() for name in names}
+    names = difflib.get_close_matches(key, list(set(dotted.values())), n=1)
+    return [full for full, name in dotted.items() if names and name == names[0]]
 
 
 _YAML11_WORDS = {"yes", "no", "on", "off", "y", "n"}
@@ -180,6 +217,8 @@ def coerce(value: Any, annotation: Any, where: str) -> Any:
         if type(None) in options or annotation is Any:
             return None
         raise RecipeError(f"{where}: null is not allowed (expected {_type_name(annotation)})")
+    if isinstance(value, bool) and bool not in options and _is_word_field(options):
+        return _bool_as_word(value, options, where)
     for option in options:  # already the right type: keep (bool is not an int here)
         base = typing.get_origin(option) or option
         if (
@@ -196,6 +235,40 @@ def coerce(value: Any, annotation: Any, where: str) -> Any:
 
 
 _FAIL = object()
+
+_BOOL_WORDS: dict[str, tuple[str, str]] = {"report_to": ("none", "all")}
+"""Field -> (word for False, word for True) where HF's spelling is not "no" / "yes"."""
+
+
+def _is_word_field(options: tuple[Any, ...]) -> bool:
+    """A text-valued field: every option is str, an Enum, or a list of those (None allowed)."""
+
+    def word(option: Any) -> bool:
+        return option is str or (isinstance(option, type) and issubclass(option, enum.Enum))
+
+    def ok(option: Any) -> bool:
+        if typing.get_origin(option) is list:
+            return all(word(arg) for arg in typing.get_args(option))
+        return option is type(None) or word(option)
+
+    return all(ok(o) for o in options) and any(word(o) for o in options)
+
+
+def _bool_as_word(value: bool, options: tuple[Any, ...], where: str) -> str:
+    """The word YAML 1.1 read as a boolean (`save_strategy: no` -> False), back as HF spells it.
+
+    Raises:
+        RecipeError: an enum field that has no such word (e.g. hub_strategy); lists the choices.
+    """
+    word = _BOOL_WORDS.get(where.rpartition(".")[2], ("no", "yes"))[value]
+    enums = [o for o in options if isinstance(o, type) and issubclass(o, enum.Enum)]
+    choices = [str(member.value) for e in enums for member in e]
+    if enums and word not in choices:
+        raise RecipeError(
+            f"{where}: {value!r} (YAML reads an unquoted no / yes / off / on as a boolean) is not one of "
+            f"{', '.join(choices)}; write one of them"
+        )
+    return word
 
 
 def _convert(value: Any, option: Any) -> Any:
