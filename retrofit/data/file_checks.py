@@ -102,7 +102,7 @@ def _check_json_document(path: Path, fh: IO[bytes]) -> None:
         if text.lstrip()[:1] == "[" or "\n" not in text.strip():  # one document that is broken
             raise DataFileError(
                 f"{path}: line {err.lineno}, column {err.colno}: not valid JSON "
-                f"({err.msg.removesuffix(' at')}). Fix that "
+                f"({_json_reason(err)}). Fix that "
                 "row, or write the file as JSON lines (.jsonl: one object per line)."
             ) from err
     for number, line in enumerate(text.splitlines(), start=1):  # JSON lines in a .json file
@@ -137,7 +137,7 @@ def _parse_row(path: Path, line: str, number: int) -> None:
         row = json.loads(line.rstrip("\r\n"))
     except json.JSONDecodeError as err:
         raise DataFileError(
-            f"{path}: line {number}, column {err.colno}: not valid JSON ({err.msg.removesuffix(' at')}). "
+            f"{path}: line {number}, column {err.colno}: not valid JSON ({_json_reason(err)}). "
             "Fix or delete that "
             f"line: each line must be one JSON object, e.g. {_EXAMPLE_ROW}"
         ) from err
@@ -146,6 +146,11 @@ def _parse_row(path: Path, line: str, number: int) -> None:
             f"{path}: line {number}: a JSON {type(row).__name__}, not an object. Each line must be one "
             f"JSON object with named fields, e.g. {_EXAMPLE_ROW}"
         )
+
+
+def _json_reason(err: json.JSONDecodeError) -> str:
+    """json's reason, completed where it ends in "at" ("Unterminated string starting at column 7")."""
+    return f"{err.msg} column {err.colno}" if err.msg.endswith(" at") else err.msg
 
 
 def _empty_message(path: Path, kind: str) -> str:

@@ -42,15 +42,23 @@ def test_empty_file_names_the_file_and_the_fix(tmp_path, content) -> None:
     assert "one JSON object per line" in message and "remove this source from data.train" in message
 
 
-def test_broken_json_row_names_file_line_and_column(tmp_path) -> None:
+@pytest.mark.parametrize(
+    ("bad_line", "where"),
+    [  # columns are 1-based: the token after the missing comma; the opening quote of the string
+        ('{"prompt": "Q: 3+3?" "response": "6"}', "column 22: not valid JSON (Expecting ',' delimiter)"),
+        (
+            '{"prompt": "Q: 3+3?", "response": "6',
+            "column 35: not valid JSON (Unterminated string starting at column 35)",
+        ),
+    ],
+)
+def test_broken_json_row_names_file_line_and_column(tmp_path, bad_line, where) -> None:
     path = tmp_path / "broken.jsonl"
-    lines = [json.dumps(ROWS[0]), json.dumps(ROWS[1]), '{"prompt": "Q: 3+3?" "response": "6"}']
-    path.write_text("\n".join(lines) + "\n")
+    path.write_text("\n".join([json.dumps(ROWS[0]), json.dumps(ROWS[1]), bad_line]) + "\n")
     with pytest.raises(DataFileError) as err:
         build_dataset({"format": "sft", "source": str(path)}, build_tokenizer(), max_length=32)
     message = str(err.value)
-    # the third line; column 22 is the token after the missing comma (1-based)
-    assert message.startswith(f"{path}: line 3, column 22: not valid JSON (Expecting ',' delimiter).")
+    assert message.startswith(f"{path}: line 3, {where}.")
     assert "Fix or delete that line: each line must be one JSON object" in message
 
 
