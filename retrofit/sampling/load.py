@@ -69,7 +69,7 @@ def load_model(
     folder = Path(model_dir).expanduser()
     if not folder.is_dir():
         raise FileNotFoundError(
-            f"no such folder: {model_dir} (MODEL_DIR must be a FlexMDM or LLaDA model folder)"
+            f"no such folder: {model_dir} (MODEL_DIR must be a FlexMDM or LLaDA model folder: config.json + safetensors)"
         )
     from transformers import AutoModel, AutoTokenizer
 
