@@ -16,8 +16,18 @@ Pipeline (each step fails with a message naming the file at fault, before anythi
 5. Stream base shard -> merge -> output shard into `<out parent>/.tmp-<name>-*`; re-read the
    merged tensors from disk (layer probes) and, in full mode, reload the folder with
    `AutoModel.from_pretrained` and compare with the peft model again (dtype tolerance: fp32 1e-4,
-   bf16 3e-2, fp16 1e-2). Then write config.json, generation_config.json, tokenizer files,
-   README.md and `retrofit_manifest.json` (sha256 of every file), and rename into place.
+   bf16 3e-2, fp16 1e-2). Then write config.json, generation_config.json (special ids, sampler
+   defaults and `prompt_template`: "chat" / "plain" / null, the prompt template of the
+   training data, `prompt_template_of`), tokenizer files, README.md and
+   `retrofit_manifest.json` (sha256 of every file), and rename into place.
+
+A LLaDA export (`--to-llada`, or a LLaDA checkpoint) keeps the base's config.json `auto_map`
+only together with the modeling files it names (copied from the base folder, or from the LLaDA
+folder a FlexMDM base was grafted from; `retrofit.export_files`), so
+`AutoModel.from_pretrained(out, trust_remote_code=True)` works offline; without them the
+export drops `auto_map` and the model card says to load it with `import retrofit.models`.
+Temp folders of earlier killed exports to the same destination are removed before writing
+(`retrofit.export_files.remove_stale_temp_folders`; a running export's folder is kept).
 
 Memory (streaming; measured by tests/test_export.py::test_streaming_merge_peak_memory): base
 tensors are memory-mapped and each output tensor is written to its shard as soon as it exists
@@ -43,7 +53,6 @@ Usage:
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as _dt
 import gc
 import json
@@ -54,6 +63,14 @@ from typing import Any
 
 import torch
 
+from retrofit.export_files import (
+    OWNER_FILE,
+    copy_modeling_code,
+    find_modeling_code,
+    remove_stale_temp_folders,
+    write_owner_file,
+)
+from retrofit.export_generation import generation_defaults, prompt_template_of, train_specs
 from retrofit.export_merge import iter_merged, parse_size, plan_merge
 from retrofit.export_models import (
     ExportError,
@@ -71,7 +88,15 @@ from retrofit.io_utils import atomic_directory, file_digests, sha256_file, write
 from retrofit.model_card import render_model_card, training_metrics
 from retrofit.training.checkpoint import MANIFEST_NAME, CheckpointError, check_base, read_manifest
 
-__all__ = ["DTYPES", "EXPORT_MANIFEST", "ExportError", "ExportReport", "export_checkpoint", "verify_mode"]
+__all__ = [
+    "DTYPES",
+    "EXPORT_MANIFEST",
+    "ExportError",
+    "ExportReport",
+    "export_checkpoint",
+    "prompt_template_of",
+    "verify_mode",
+]
 
 EXPORT_MANIFEST = "retrofit_manifest.json"
 EXPORT_FORMAT = "retrofit-export"
@@ -93,6 +118,11 @@ class ExportReport:
         mode: verification mode used ("full" or "layers").
         errors: {check: relative-ish error} (see `retrofit.export_verify`).
         tolerance: {check: tolerance applied}.
+        modeling_code: modeling .py files copied from `modeling_code_from` (LLaDA exports).
+        modeling_code_from: the folder they came from (None: not copied).
+        auto_map_dropped: config.json `auto_map` was removed (no modeling files to ship).
+        removed_temp: stale temp folders of earlier killed exports that were deleted.
+        kept_temp: notes on matching temp folders that were kept, and why.
     """
 
     out: Path
@@ -103,6 +133,11 @@ class ExportReport:
     mode: str
     errors: dict[str, float] = field(default_factory=dict)
     tolerance: dict[str, float] = field(default_factory=dict)
+    modeling_code: list[str] = field(default_factory=list)
+    modeling_code_from: str | None = None
+    auto_map_dropped: bool = False
+    removed_temp: list[str] = field(default_factory=list)
+    kept_temp: list[str] = field(default_factory=list)
 
 
 def _resolve_checkpoint(checkpoint: Path, base: Path | None) -> tuple[dict, Path]:
@@ -228,13 +263,17 @@ def export_checkpoint(
             compare_outputs(got, ref),
             TOLERANCE[torch.float32],
         )
+    removed, report.kept_temp = remove_stale_temp_folders(out)
+    report.removed_temp = [str(p) for p in removed]
     with atomic_directory(out, overwrite=overwrite) as tmp:
+        write_owner_file(tmp)  # lets a later export tell a killed write from a running one
         report.shards = _write_weights(tmp, plan, DTYPES[dtype], max_bytes, report)
-        _write_config(tmp, spec, report.dtype)
+        _write_config(tmp, spec, report, base_dir, prompt_template_of(train_specs(manifest)))
         if ref is not None:
             found = compare_outputs(_reload_outputs(tmp, spec, batch), ref)
             _check(report.errors, report.tolerance, "reloaded", found, TOLERANCE[DTYPES[dtype]])
         _write_card_and_manifest(tmp, ckpt, manifest, base_dir, report, trained)
+        (tmp / OWNER_FILE).unlink()
     return report
 
 
@@ -288,13 +327,38 @@ def _reload_outputs(tmp: Path, spec: ModelSpec, batch: dict) -> dict[str, torch.
     return model_outputs(model, spec.out_kind, batch)
 
 
-def _write_config(tmp: Path, spec: ModelSpec, dtype: str) -> None:
-    """config.json (with dtype and architectures) and generation_config.json."""
+def _write_config(
+    tmp: Path, spec: ModelSpec, report: ExportReport, base: Path, prompt_template: str | None
+) -> None:
+    """config.json (dtype, architectures; `auto_map` only with its modeling files, which are
+    copied), and generation_config.json."""
     config = spec.out_config
-    config.dtype = DTYPES[dtype]
+    config.dtype = DTYPES[report.dtype]
     config.architectures = [model_classes(spec.out_kind)[1].__name__]
+    if spec.out_kind == "llada" and getattr(config, "auto_map", None):
+        code = find_modeling_code(config.auto_map, _modeling_code_folders(spec, base))
+        if code is not None:
+            report.modeling_code = copy_modeling_code(code, tmp)
+            report.modeling_code_from = str(code.source)
+        else:
+            del config.auto_map
+            report.auto_map_dropped = True
     config.save_pretrained(tmp)
-    write_json_atomic(tmp / "generation_config.json", generation_defaults(config, spec.out_kind))
+    defaults = generation_defaults(config, spec.out_kind, prompt_template=prompt_template)
+    write_json_atomic(tmp / "generation_config.json", defaults)
+
+
+def _modeling_code_folders(spec: ModelSpec, base: Path) -> list[Path]:
+    """Where a LLaDA export's modeling files may be: the base, then the LLaDA folder it was grafted from."""
+    folders = [base]
+    if spec.base_type == "flexmdm":
+        try:
+            grafted_from = json.loads((base / "config.json").read_text(encoding="utf-8")).get("base_model")
+        except (OSError, ValueError):
+            grafted_from = None
+        if isinstance(grafted_from, str) and grafted_from:
+            folders.append(Path(grafted_from))
+    return folders
 
 
 def _write_card_and_manifest(tmp: Path, ckpt: Path, manifest: dict, base: Path, report: ExportReport,
@@ -324,26 +388,3 @@ def _write_card_and_manifest(tmp: Path, ckpt: Path, manifest: dict, base: Path, 
         "complete": True,
     }
     write_json_atomic(tmp / EXPORT_MANIFEST, export_manifest)
-
-
-def generation_defaults(config: Any, kind: str) -> dict[str, Any]:
-    """generation_config.json: special ids and the sampler defaults of the exported model.
-
-    For FlexMDM: every `FlexMDMSamplerConfig` field as the sampler will resolve it from this
-    config (`sampler_defaults` over the sampler's defaults) plus the training schedules.
-    """
-    ids = dict(getattr(config, "backbone", None) or {})  # FlexMDM keeps eos / bos in the backbone config
-    ids.update({k: v for k, v in config.to_dict().items() if v is not None})
-    out = {k: ids.get(k) for k in ("mask_token_id", "pad_token_id", "eos_token_id", "bos_token_id")}
-    if kind == "flexmdm":
-        from types import SimpleNamespace
-
-        from retrofit.sampling.flexmdm import FlexMDMSamplerConfig
-
-        sampler = FlexMDMSamplerConfig.from_model(SimpleNamespace(config=config))
-        out["sampler"] = {"name": "flexmdm", **json.loads(json.dumps(dataclasses.asdict(sampler)))}
-        out["insertion_schedule"] = config.insertion_schedule
-        out["unmasking_schedule"] = config.unmasking_schedule
-    else:
-        out["sampler"] = {"name": "mdm"}
-    return out

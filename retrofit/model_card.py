@@ -87,6 +87,7 @@ def render_model_card(
         _LOAD_SNIPPETS[kind],
         "```",
         "",
+        *_remote_code_note(report),
         "## Training",
         "",
         f"- LoRA: {json.dumps(_lora_summary(manifest.get('lora') or {}))}",
@@ -113,6 +114,30 @@ def render_model_card(
         "",
     ]
     return "\n".join(lines)
+
+
+def _remote_code_note(report: Any) -> list[str]:
+    """Card lines on loading a LLaDA export without retrofit (its modeling code / auto_map)."""
+    files = getattr(report, "modeling_code", None)
+    if files:
+        return [
+            f"Without retrofit: the folder ships the base's modeling code ({', '.join(files)}, copied "
+            f"from `{report.modeling_code_from}`), named by config.json `auto_map`, so "
+            '`AutoModel.from_pretrained("PATH", trust_remote_code=True)` runs that code offline. '
+            "After `import retrofit.models` on transformers 5.x the same call returns retrofit's "
+            "native `LLaDAModelLM` instead (registered classes take precedence over `auto_map`).",
+            "",
+        ]
+    if getattr(report, "auto_map_dropped", False):
+        return [
+            "config.json has no `auto_map`: the base's `auto_map` named modeling files (e.g. "
+            "modeling_llada.py) that neither the base folder nor the folder it was grafted from "
+            "holds, so none are shipped. Load it with retrofit as above (`import retrofit.models` "
+            "registers model_type 'llada'; `trust_remote_code` is not needed), or copy the official "
+            "configuration_llada.py / modeling_llada.py into the folder and add their `auto_map`.",
+            "",
+        ]
+    return []
 
 
 def _lora_summary(lora: dict) -> dict:

@@ -21,7 +21,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--base", default=None,
                         help="base model folder (default: the path in the manifest; its fingerprint must match)")  # fmt: skip
     parser.add_argument("--to-llada", action="store_true",
-                        help="write only the backbone as a plain LLaDA checkpoint (official tensor names)")  # fmt: skip
+                        help="write only the backbone as a plain LLaDA checkpoint (official tensor names; the "
+                        "base's modeling_llada.py etc. are copied when it has them, else auto_map is dropped)")  # fmt: skip
     parser.add_argument(
         "--overwrite", action="store_true", help="replace an existing --out folder (after success)"
     )
@@ -57,8 +58,18 @@ def run(args: argparse.Namespace) -> int:
     except (CheckpointError, ExportError, FileExistsError, ValueError) as err:
         print(f"retrofit export: error: {err}", file=sys.stderr)
         return 1
+    for folder in report.removed_temp:
+        print(f"removed {folder}: temp folder of an earlier export to {report.out} that did not finish")
+    for note in report.kept_temp:
+        print(f"kept {note}")
     print(f"wrote {report.out} ({report.kind}, {report.dtype}, {report.n_params:,} parameters, "
           f"{len(report.shards)} shard(s))")  # fmt: skip
+    if report.modeling_code:
+        print(f"copied the base's modeling code ({', '.join(report.modeling_code)}) from "
+              f"{report.modeling_code_from}: loads with trust_remote_code=True")  # fmt: skip
+    elif report.auto_map_dropped:
+        print("dropped config.json auto_map: the base ships no modeling code to copy "
+              "(load with `import retrofit.models`; see README.md)")  # fmt: skip
     print(f"verification ({report.mode}):")
     for check, error in report.errors.items():
         tol = report.tolerance.get(check)
