@@ -19,9 +19,9 @@ Why not `AutoModel.from_pretrained(DIR, trust_remote_code=True)`: `import retrof
 native `LLaDAConfig` / `LLaDAModelLM` for model_type "llada". On transformers 5.x a registered
 class that does not come from transformers itself takes precedence over `auto_map`, so after
 that import `AutoModel.from_pretrained(DIR, trust_remote_code=True)` returns
-`retrofit.models.llada.LLaDAModelLM`, not the folder's modeling_llada.py (on 4.x,
-`trust_remote_code=True` still picks the folder's code). A comparison through the Auto classes
-would compare retrofit with itself.
+`retrofit.models.llada.LLaDAModelLM`, not the folder's modeling_llada.py (measured on 5.25;
+which class wins has changed between releases, so this module does not rely on it). A comparison
+through the Auto classes would compare retrofit with itself.
 
 Usage:
     $ retrofit verify-llada path/to/LLaDA-8B-Base [--no-remote-code] [--dtype bfloat16 --device cuda]
