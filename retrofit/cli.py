@@ -58,7 +58,10 @@ def main(argv: list[str] | None = None) -> int:
     module = importlib.import_module(f"retrofit.commands.{VERBS[verb][0]}")
     parser = argparse.ArgumentParser(prog=f"retrofit {verb}", description=VERBS[verb][1])
     module.add_arguments(parser)
-    args = parser.parse_args(rest)
+    # intermixed: `retrofit train RECIPE --dry-run key=value` keeps the overrides after the flag
+    # (argparse's intermixed parsing does not support sub-commands; eval and bench have them)
+    has_subcommands = any(isinstance(a, argparse._SubParsersAction) for a in parser._actions)
+    args = parser.parse_args(rest) if has_subcommands else parser.parse_intermixed_args(rest)
     try:
         return int(module.run(args) or 0)
     except KeyboardInterrupt:

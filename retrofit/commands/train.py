@@ -169,7 +169,7 @@ def dry_run(recipe: Any, world_size: int = 1) -> str:
             micro_batch=t.per_device_train_batch_size,
             seq_len=seq,
             weight_bytes=2 if t.bf16 or recipe.model.dtype == "bfloat16" else 4,
-            gradient_checkpointing=bool(t.gradient_checkpointing),
+            gradient_checkpointing=_recomputes_activations(t),
             **shape,
         )
         for stage in (2, 3)
@@ -242,11 +242,21 @@ def _steps(recipe: Any, global_batch: int) -> tuple[int | str, str]:
     return steps, f"({t.num_train_epochs:g} epochs x {per_epoch} steps; {rows} rows)"
 
 
+def _recomputes_activations(training: Any) -> bool:
+    """Whether the training arguments turn activation (gradient) checkpointing on (either name)."""
+    if hasattr(type(training), "activation_checkpointing") or "activation_checkpointing" in vars(training):
+        return bool(training.activation_checkpointing)
+    return bool(training.gradient_checkpointing)
+
+
 def _is_local(spec: dict[str, Any]) -> bool:
-    """Whether `load_source` would read this spec from disk (no network)."""
-    from retrofit.data.sources import resolve_data_dir
+    """Whether `load_source` would read this spec from disk (no network); a missing local file
+    counts as local, so that the dry run reports it ("no such file") instead of skipping it."""
+    from retrofit.data.sources import names_a_file, resolve_data_dir
 
     source = str(spec.get("source", ""))
     if source == "stdlib" or source.startswith("code:") or Path(source).expanduser().exists():
+        return True
+    if names_a_file(source):
         return True
     return source in ("gsm8k", "humaneval") and resolve_data_dir(spec.get("data_dir")) is not None

@@ -39,6 +39,7 @@ __all__ = [
     "SKIP_DIRS",
     "SOURCE_FIELDS",
     "load_source",
+    "names_a_file",
     "read_code_files",
     "read_humaneval_local",
     "resolve_data_dir",
@@ -118,7 +119,7 @@ def load_source(
     path = Path(source).expanduser()
     if path.is_dir():
         return read_code_files(path)
-    if path.suffix in _FILE_BUILDERS or path.suffixes[-2:-1] == [".jsonl"] or _looks_like_path(source):
+    if names_a_file(source):
         if not path.is_file():
             raise FileNotFoundError(missing_file_message(path, source))
         return _load_file(path, streaming)
@@ -136,8 +137,12 @@ def _require(path: Path, source: str) -> Path:
     return path
 
 
-def _looks_like_path(source: str) -> bool:
-    """A local path rather than a Hub id (``owner/name``): starts with / . ~ or has two slashes."""
+def names_a_file(source: str) -> bool:
+    """Whether a source names a local file rather than a Hub id (``owner/name``): it has a data
+    file suffix (.jsonl, .json, .csv, ...; also .jsonl.gz), starts with / . ~ or has two slashes."""
+    path = Path(source)
+    if path.suffix in _FILE_BUILDERS or path.suffixes[-2:-1] == [".jsonl"]:
+        return True
     return source.startswith(("/", ".", "~")) or source.count("/") >= 2
 
 

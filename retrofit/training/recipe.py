@@ -195,13 +195,32 @@ def _build_section(name: str, cls: type, values: dict[str, Any]) -> Any:
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls) if f.init]
     kwargs = {}
-    for key, value in values.items():
+    for key, value in _current_names(values, names).items():
         if key not in names:
             close = difflib.get_close_matches(key, names, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise RecipeError(f"section {name}: unknown key {key!r}{hint}")
         kwargs[key] = coerce(value, hints[key], f"{name}.{key}")
     return cls(**kwargs)
+
+
+RENAMED_TRAINING_FIELDS = {
+    "gradient_checkpointing": "activation_checkpointing",
+    "gradient_checkpointing_kwargs": "activation_checkpointing_kwargs",
+}
+"""transformers 5 renamed these TrainingArguments fields (the old names warn): a recipe may use
+either spelling, and it reaches transformers under the name the installed version has."""
+
+
+def _current_names(values: dict[str, Any], names: list[str]) -> dict[str, Any]:
+    """`values` with each renamed field under the name the installed transformers prefers."""
+    out = dict(values)
+    for old, new in RENAMED_TRAINING_FIELDS.items():
+        if old in out and new in names:  # transformers 5: the new name (no deprecation warning)
+            out[new] = out.pop(old)
+        elif new in out and new not in names and old in names:  # transformers 4
+            out[old] = out.pop(new)
+    return out
 
 
 def coerce(value: Any, annotation: Any, where: str) -> Any:

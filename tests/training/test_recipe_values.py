@@ -94,3 +94,25 @@ def test_override_without_a_section_blames_the_override(override, message) -> No
 
 def test_top_level_mode_override_still_works() -> None:
     assert apply_overrides({"mode": "retrofit"}, ["mode=pretrain"]) == {"mode": "pretrain"}
+
+
+def test_renamed_training_fields_reach_transformers_under_the_installed_name(tmp_path):
+    """A recipe's `gradient_checkpointing` (the name transformers 4 knows) does not warn on 5."""
+    import dataclasses
+    import warnings
+
+    from retrofit.training.args import RetrofitTrainingArguments
+    from retrofit.training.recipe import _current_names
+
+    names = [f.name for f in dataclasses.fields(RetrofitTrainingArguments)]
+    new_api = "activation_checkpointing" in names
+    values = _current_names({"gradient_checkpointing": True, "max_steps": 3}, names)
+    assert values == {
+        ("activation_checkpointing" if new_api else "gradient_checkpointing"): True,
+        "max_steps": 3,
+    }
+    back = _current_names({"activation_checkpointing": True}, names)
+    assert back == {("activation_checkpointing" if new_api else "gradient_checkpointing"): True}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        RetrofitTrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to=[], **values)
