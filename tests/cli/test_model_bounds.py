@@ -48,11 +48,8 @@ def test_verbs_check_before_loading(tmp_path, capsys, argv):
 
 
 def test_graft_canvas_width_is_checked_against_the_base(tmp_path, capsys):
-    base = (
-        config_only(tmp_path / "base", {"model_type": "llada", "max_sequence_length": 4096})
-        if (tmp_path / "base").mkdir() is None
-        else None
-    )
+    (tmp_path / "base").mkdir()
+    base = config_only(tmp_path / "base", {"model_type": "llada", "max_sequence_length": 4096})
     assert main(["graft", "--base", str(base), "--out", str(tmp_path / "out"), "--canvas-width", "8192"]) == 1
     assert "--canvas-width 8192 exceeds the model's max_sequence_length 4096" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
