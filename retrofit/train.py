@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from retrofit.training.args import Recipe
-from retrofit.training.checkpoint import check_resume_parallelism
+from retrofit.training.checkpoint import check_resume_parallelism, describe_resume, resolve_resume
 from retrofit.training.recipe import format_recipe, load_recipe, recipe_to_dict
 
 __all__ = [
@@ -111,24 +111,6 @@ def _zero_stage(args: Any) -> int | None:
     """DeepSpeed ZeRO stage of this launch (None without DeepSpeed)."""
     plugin = getattr(args, "deepspeed_plugin", None)
     return int(plugin.zero_stage) if plugin is not None else None
-
-
-def describe_resume(value: str | None, resume: str | None, output_dir: str) -> str | None:
-    """One line saying which checkpoint training resumes from, or that `auto` found none.
-
-    Returns:
-        the line, or None when no resume was asked for.
-    """
-    if resume is None:
-        if value == "auto":
-            return f"training.resume_from_checkpoint=auto: no checkpoint in {output_dir}; starting fresh"
-        return None
-    how = (
-        "the newest complete checkpoint, picked by training.resume_from_checkpoint=auto"
-        if value == "auto"
-        else "training.resume_from_checkpoint"
-    )
-    return f"resuming from {resume} ({how})"
 
 
 def describe_outcome(recipe: Recipe, final: Path | None, step: int) -> str:
@@ -395,32 +377,6 @@ def build_collator(recipe: Recipe, model: torch.nn.Module, tokenizer: Any, args:
         trim=recipe.objective.trim,
         **common,
     )
-
-
-def resolve_resume(value: str | None, output_dir: str) -> str | None:
-    """Checkpoint to resume from: None, `auto` (newest in output_dir, or None) or a path.
-
-    Raises:
-        CheckpointError: the checkpoint is incomplete or corrupt (message lists the problems).
-    """
-    from transformers.trainer_utils import get_last_checkpoint
-
-    from retrofit.training.checkpoint import CheckpointError, verify_checkpoint
-
-    if value in (None, "", "none", "None"):
-        return None
-    if value == "auto":
-        value = get_last_checkpoint(output_dir) if Path(output_dir).is_dir() else None
-        if value is None:
-            return None
-    problems = verify_checkpoint(value, check_hashes=True)
-    if problems:
-        raise CheckpointError(
-            f"refusing to resume from {value}: it is incomplete or corrupt ("
-            + "; ".join(problems)
-            + "). Delete it or pass an earlier checkpoint as training.resume_from_checkpoint=PATH."
-        )
-    return str(value)
 
 
 def _restore_collator_position(collator: Any, checkpoint: str, grad_accum: int) -> None:

@@ -10,6 +10,10 @@ settings, the recipe, the step, the world size and ZeRO stage it was saved with 
 checkpoint resumes only under the same world size), and the sha256 of every file in the folder. It is written last,
 atomically, with `"complete": true`; a folder without it is an unfinished checkpoint.
 
+Resume: `resolve_resume` picks the checkpoint (`auto` = newest complete one) and refuses a
+corrupt one; `check_resume_parallelism` refuses a ZeRO checkpoint under another world size;
+`describe_resume` is the line `retrofit train` prints about the choice.
+
 Call `write_manifest` on the main process only, after every rank has finished writing (after
 the Trainer's save and a barrier), because it hashes every file in the folder.
 
@@ -299,3 +303,45 @@ def check_resume_parallelism(
         f"config), or start a new run from its trained weights: model.init_from={ckpt} (LoRA stages; "
         "fresh optimizer and LR schedule, training.resume_from_checkpoint unset)"
     )
+
+
+def resolve_resume(value: str | None, output_dir: str) -> str | None:
+    """Checkpoint to resume from: None, `auto` (newest in output_dir, or None) or a path.
+
+    Raises:
+        CheckpointError: the checkpoint is incomplete or corrupt (message lists the problems).
+    """
+    from transformers.trainer_utils import get_last_checkpoint
+
+    if value in (None, "", "none", "None"):
+        return None
+    if value == "auto":
+        value = get_last_checkpoint(output_dir) if Path(output_dir).is_dir() else None
+        if value is None:
+            return None
+    problems = verify_checkpoint(value, check_hashes=True)
+    if problems:
+        raise CheckpointError(
+            f"refusing to resume from {value}: it is incomplete or corrupt ("
+            + "; ".join(problems)
+            + "). Delete it or pass an earlier checkpoint as training.resume_from_checkpoint=PATH."
+        )
+    return str(value)
+
+
+def describe_resume(value: str | None, resume: str | None, output_dir: str) -> str | None:
+    """One line saying which checkpoint training resumes from, or that `auto` found none.
+
+    Returns:
+        the line, or None when no resume was asked for.
+    """
+    if resume is None:
+        if value == "auto":
+            return f"training.resume_from_checkpoint=auto: no checkpoint in {output_dir}; starting fresh"
+        return None
+    how = (
+        "the newest complete checkpoint, picked by training.resume_from_checkpoint=auto"
+        if value == "auto"
+        else "training.resume_from_checkpoint"
+    )
+    return f"resuming from {resume} ({how})"
