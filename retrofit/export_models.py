@@ -20,6 +20,7 @@ from retrofit.export_merge import iter_merged
 from retrofit.export_sources import TrainedWeights
 from retrofit.export_verify import model_outputs
 from retrofit.training.checkpoint import MANIFEST_NAME, CheckpointError
+from retrofit.training.lora import quiet_peft_rename_warning
 
 
 class ExportError(RuntimeError):
@@ -141,7 +142,8 @@ def reference_model(spec: ModelSpec, base: Path, trained: TrainedWeights) -> tor
     lora_config = LoraConfig(
         **{k: v for k, v in trained.adapter_config.items() if k in fields_ and k != "task_type"}
     )
-    peft_model = get_peft_model(model.float(), lora_config)
+    with quiet_peft_rename_warning():
+        peft_model = get_peft_model(model.float(), lora_config)
     state = {
         f"base_model.model.{m}.lora_{ab}.weight": getattr(d, ab)
         for m, d in trained.lora.items()

@@ -71,9 +71,11 @@ def run_training(recipe: Recipe) -> int:
     set_seed(args.seed)
     base = resolve_local(recipe.model.base)
     tokenizer = AutoTokenizer.from_pretrained(base)
+    # data first: a bad data file fails in seconds, not after an 8B model has loaded (every
+    # shuffle in it is seeded explicitly, so the order does not change the model's init)
+    train_ds, eval_ds = build_datasets(recipe, tokenizer)
     with _without_zero_init(args):  # full weights per rank; ZeRO-3 partitions them in deepspeed.initialize
         model, info = build_model(recipe, base, tokenizer)
-    train_ds, eval_ds = build_datasets(recipe, tokenizer)
     collator = build_collator(recipe, model, tokenizer, args)
     full_row_tokens = info.pop("full_row_tokens")
     interrupt = InterruptCheckpoint() if args.save_on_interrupt else None
@@ -125,7 +127,7 @@ def describe_outcome(recipe: Recipe, final: Path | None, step: int) -> str:
     if final is None:
         return (
             f"[retrofit] done at step {step}; no checkpoint saved (training.save_strategy="
-            f"{recipe.training.save_strategy}), so there is nothing to export"
+            f"{getattr(recipe.training.save_strategy, 'value', recipe.training.save_strategy)}), so there is nothing to export"
         )
     return (
         f"[retrofit] done at step {step}; final checkpoint: {final}\n"

@@ -175,8 +175,8 @@ def test_cli_layers_mode_equals_full_mode(trained_checkpoint, fp32_export, tmp_p
 def test_llada_kind_checkpoint(tiny_llada_dir, tmp_path):
     """MDM baseline: LLaDA + LoRA (no graft) exports to a plain LLaDA folder."""
     from retrofit.models.loading import load_llada
-    from retrofit.training.args import LoraRecipe
     from retrofit.training.lora import wrap_with_lora
+    from retrofit.training.sections import LoraRecipe
 
     model = load_llada(tiny_llada_dir, torch.float32)
     peft_model = wrap_with_lora(model, LoraRecipe(r=2, alpha=6, dropout=0.0), modules_to_save=[])
@@ -198,8 +198,8 @@ def test_llada_kind_checkpoint(tiny_llada_dir, tmp_path):
 def test_checkpoint_on_a_flexmdm_base(tiny_flexmdm_dir, tmp_path):
     """A later stage trained from a FlexMDM folder (graft or earlier export): names need no prefix."""
     from retrofit.models import FlexMDMModel
-    from retrofit.training.args import LoraRecipe
     from retrofit.training.lora import wrap_with_lora
+    from retrofit.training.sections import LoraRecipe
 
     model = FlexMDMModel.from_pretrained(tiny_flexmdm_dir, dtype=torch.float32)
     peft_model = wrap_with_lora(model, LoraRecipe(r=2, alpha=2, dropout=0.0), model.new_module_names())
@@ -387,7 +387,7 @@ import sys, torch
 from pathlib import Path
 from safetensors.torch import save_file
 from retrofit.models import FlexMDMModel, LLaDAConfig, LLaDAModelLM
-from retrofit.training.args import LoraRecipe
+from retrofit.training.sections import LoraRecipe
 from retrofit.training.checkpoint import write_manifest
 from retrofit.training.lora import wrap_with_lora
 root = Path(sys.argv[1])

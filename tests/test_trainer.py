@@ -18,9 +18,10 @@ import torch
 from retrofit.loss import flexmdm_loss, mdm_loss
 from retrofit.models.flexmdm import FlexMDMModel
 from retrofit.models.llada import LLaDAConfig, LLaDAModelLM
-from retrofit.training.args import LoraRecipe, RetrofitTrainingArguments
+from retrofit.training.args import RetrofitTrainingArguments
 from retrofit.training.collator import FlexMDMCollator, MDMCollator
 from retrofit.training.lora import wrap_with_lora
+from retrofit.training.sections import LoraRecipe
 from retrofit.training.trainer import FlexMDMTrainer
 
 PAD, MASK, VOCAB, WIDTH = 298, 299, 300, 64

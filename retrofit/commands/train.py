@@ -195,10 +195,16 @@ def _meta_model(recipe: Any) -> tuple[Any, Any, str]:
     import torch
 
     from retrofit.models.llada import LLaDAConfig, LLaDAModelLM
+    from retrofit.models.loading import looks_like_path, refuse_training_checkpoint, resolve_model_dir
     from retrofit.train import _graft_kwargs
     from retrofit.training.lora import wrap_with_lora
 
-    config_file = Path(recipe.model.base).expanduser() / "config.json"
+    base = str(recipe.model.base)
+    config_file = Path("(a Hub id: not read in a dry run)")
+    if Path(base).expanduser().exists() or looks_like_path(base):  # a local path: the same advice as a run
+        folder = resolve_model_dir(base, field="model.base")
+        refuse_training_checkpoint(folder, field="model.base")
+        config_file = Path(folder) / "config.json"
     if config_file.is_file():
         config, note = (
             LLaDAConfig.from_dict(json.loads(config_file.read_text())),

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from retrofit.training.args import LoraRecipe
+from retrofit.training.sections import LoraRecipe
 
 if TYPE_CHECKING:  # peft is imported lazily (~8 s)
     from peft import PeftModel

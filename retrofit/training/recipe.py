@@ -24,14 +24,8 @@ from typing import Any
 
 import yaml
 
-from retrofit.training.args import (
-    DataRecipe,
-    LoraRecipe,
-    ModelRecipe,
-    ObjectiveRecipe,
-    Recipe,
-    RetrofitTrainingArguments,
-)
+from retrofit.training.args import Recipe, RetrofitTrainingArguments
+from retrofit.training.sections import DataRecipe, LoraRecipe, ModelRecipe, ObjectiveRecipe
 
 __all__ = ["RecipeError", "apply_overrides", "build_recipe", "coerce", "format_recipe", "load_recipe"]
 

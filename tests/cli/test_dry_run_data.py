@@ -27,3 +27,12 @@ def test_dry_run_names_the_missing_file(capsys, tmp_path):
     assert main(argv) == 1
     err = capsys.readouterr().err
     assert f"no such file: {missing}" in err and "Hub sources are not counted" not in err
+
+
+def test_dry_run_gives_the_run_advice_for_model_base(capsys, trained_checkpoint):
+    recipe = str(REPO / "recipes/tiny/flexmdm-sft.yaml")
+    assert main(["train", recipe, "--dry-run", "model.base=./no-such-base"]) == 1
+    assert "model.base: no such folder: ./no-such-base" in capsys.readouterr().err
+    assert main(["train", recipe, "--dry-run", f"model.base={trained_checkpoint.ckpt}"]) == 1
+    err = capsys.readouterr().err
+    assert "is a training checkpoint" in err and "model.init_from" in err

@@ -98,8 +98,8 @@ def test_to_llada_without_modeling_code_drops_auto_map(trained_checkpoint, tmp_p
 
 def test_to_llada_from_a_flexmdm_base_takes_the_code_of_the_grafted_llada(tiny_llada_dir, tmp_path):
     """The 8B flow: graft LLaDA -> train on the graft -> export --to-llada."""
-    from retrofit.training.args import LoraRecipe
     from retrofit.training.lora import wrap_with_lora
+    from retrofit.training.sections import LoraRecipe
 
     llada = tmp_path / "llada-with-code"
     shutil.copytree(tiny_llada_dir, llada)
