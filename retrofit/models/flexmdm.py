@@ -29,6 +29,7 @@ from transformers.utils import ModelOutput
 
 from retrofit.models.length_head import LengthHead
 from retrofit.models.llada import LLaDAConfig, LLaDAModelLM
+from retrofit.models.prefix_cache import PrefixCache, check_inference_only
 from retrofit.models.time_embedding import AdaLNModulation, SinusoidalTimeEmbedding, TimeMLP
 from retrofit.schedules import make_schedule
 
@@ -167,10 +168,19 @@ class FlexMDMOutput(ModelOutput):
             entries of `logits_mask` (row-major order, i.e. `logits_mask.nonzero()`).
         expected_gaps: [B, L+1] float32 >= 0: g_hat_j, the expected number of insertions into
             gap j (read at position j; j = n_b is the tail gap; spec §2.2, §2.6).
+        prefix_cache: with `cache_prefix=P`, the PrefixCache of canvas positions 0..P-1 (their
+            keys/values carry the AdaLN modulation of this forward's t), else None.
+        trunk_positions: B x (L+1), the positions fed to the trunk (the length slot included);
+            trunk FLOPs are proportional to trunk_positions x num_hidden_layers.
+
+    In a cached forward (`prefix_cache=`) L is the live width Lv: logits cover live slots
+    P..P+Lv-1 and expected_gaps[:, i] is canvas gap P + i (i = 0..Lv).
     """
 
     logits: torch.Tensor | None = None
     expected_gaps: torch.Tensor | None = None
+    prefix_cache: PrefixCache | None = None
+    trunk_positions: int | None = None
 
 
 class FlexMDMModel(PreTrainedModel):
@@ -256,35 +266,60 @@ class FlexMDMModel(PreTrainedModel):
         t: torch.Tensor | float,
         attention_mask: torch.Tensor | None = None,
         logits_mask: torch.Tensor | None = None,
+        cache_prefix: int | None = None,
+        prefix_cache: PrefixCache | None = None,
         **kwargs,
     ) -> FlexMDMOutput:
         """Token posteriors and expected gap counts for the canvas x_t at time t (spec §2.1-2.2).
 
         Args:
-            input_ids: [B, L] int64 canvas: the n_b slots of row b, then pad.
+            input_ids: [B, L] int64 canvas: the n_b slots of row b, then pad. With
+                `prefix_cache` (P positions): the live slots only, canvas positions P..P+L-1.
             t: [B] float FlexMDM times in [0, 1] (a python float or 0-dim tensor is broadcast).
             attention_mask: [B, L] bool/int, 1 on the n_b real slots of row b (left-aligned);
-                None = all L slots are real. Row lengths n_b come only from this mask.
-            logits_mask: optional [B, L] bool; if given, logits are computed only there.
+                None = all L slots are real. Row lengths n_b come only from this mask. With
+                `prefix_cache` it marks the live slots: row b has m_b = n_b - P live slots (it may
+                be 0) and its length slot sits at live position m_b (canvas position n_b).
+            logits_mask: optional [B, L] bool; if given, logits are computed only there (with
+                `prefix_cache`: over the live slots).
+            cache_prefix: P: also return `.prefix_cache`, each block's post-RoPE keys and values
+                of canvas positions 0..P-1 (inference only). 0 <= P <= min_b n_b: P is at most
+                the smallest prompt length of the batch, so the prefix is real slots in every
+                row. Outputs are unchanged.
+            prefix_cache: a PrefixCache from `cache_prefix=P` on this batch: the trunk runs only
+                on the live columns plus the length-slot column ([B, L+1]), their queries
+                attending to the cached prefix keys (always valid) and to the live keys (slots
+                mode: live keys 0..m_b). Built in the same step (same canvas, same t), the
+                outputs equal the full forward's live part; reused in later steps it is
+                Fast-dLLM's approximate cache, stale in the response and in t (the prefix keeps
+                the AdaLN modulation of the t it was built at); see retrofit.models.prefix_cache.
 
         Returns:
-            FlexMDMOutput(logits [B, L, V_emb] or [N, V_emb], expected_gaps [B, L+1] fp32 >= 0).
+            FlexMDMOutput(logits [B, L, V_emb] or [N, V_emb], expected_gaps [B, L+1] fp32 >= 0,
+            prefix_cache, trunk_positions = B * (L + 1)).
             In "slots" mode row b attends to keys 0..n_b and position n_b (the length slot)
             always holds pad_token_id, so a row's outputs on positions 0..n_b do not depend on
             the canvas width or on other rows. In "full" mode every column is attended.
+            Indexing with `prefix_cache` (P cached positions): logits[:, i] is canvas slot P + i
+            and expected_gaps[:, i] is canvas gap P + i (i = 0..L; the tail gap of row b is
+            i = m_b = n_b - P).
 
         Raises:
-            ValueError: bad shapes, a mask that is not left-aligned, or unsupported arguments.
+            ValueError: bad shapes, a mask that is not left-aligned, unsupported arguments, both
+                cache arguments, cache_prefix > the shortest row, a prefix_cache that does not
+                fit, or a cache argument while autograd is recording (inference only).
         """
         _check_ignored_kwargs(kwargs)
         B, L = input_ids.shape
         times = _batch_times(t, B, input_ids.device)  # [B] fp32
         canvas, key_mask = self._canvas(input_ids, attention_mask)  # [B, L+1], [B, L+1] | None
+        cache_kwargs = self._cache_kwargs(canvas, key_mask, cache_prefix, prefix_cache)
         out = self.backbone(
             canvas,
             attention_mask=key_mask,
             block_modulation=self.block_modulation(times),
             return_logits=False,
+            **cache_kwargs,
         )
         h = out.last_hidden_state  # [B, L+1, D], post-ln_f
         if logits_mask is None:
@@ -293,7 +328,42 @@ class FlexMDMModel(PreTrainedModel):
             logits = self.backbone.compute_logits(h)[:, :L]  # [B, L, V] (a view)
         else:
             logits = self.backbone.logits_at(h[:, :L], logits_mask)  # [N, V]
-        return FlexMDMOutput(logits=logits, expected_gaps=self.length_head(h))
+        return FlexMDMOutput(
+            logits=logits,
+            expected_gaps=self.length_head(h),
+            prefix_cache=out.prefix_cache,
+            trunk_positions=out.trunk_positions,
+        )
+
+    def _cache_kwargs(
+        self,
+        canvas: torch.Tensor,
+        key_mask: torch.Tensor | None,
+        cache_prefix: int | None,
+        prefix_cache: PrefixCache | None,
+    ) -> dict[str, Any]:
+        """Backbone keyword arguments of the prefix cache, after FlexMDM-level checks."""
+        if cache_prefix is None and prefix_cache is None:
+            return {}
+        check_inference_only("FlexMDMModel.forward")
+        if cache_prefix is not None and prefix_cache is None:
+            width = canvas.shape[1] - 1
+            if (
+                isinstance(cache_prefix, bool)
+                or not isinstance(cache_prefix, int)
+                or not 0 <= cache_prefix <= width
+            ):
+                raise ValueError(
+                    f"cache_prefix={cache_prefix!r} must be an int in 0..{width} (the input width)"
+                )
+            if key_mask is not None:
+                shortest = int(key_mask.sum(-1).min()) - 1  # min n_b (keys 0..n_b are attended)
+                if cache_prefix > shortest:
+                    raise ValueError(
+                        f"cache_prefix={cache_prefix} exceeds the shortest row ({shortest} slots): the "
+                        "prefix must be real slots in every row; use the smallest prompt length"
+                    )
+        return {"cache_prefix": cache_prefix, "prefix_cache": prefix_cache}
 
     def _canvas(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None

@@ -35,6 +35,7 @@ from transformers import PreTrainedModel
 from transformers.utils import ModelOutput
 
 from retrofit.models.llada_config import LLaDAConfig
+from retrofit.models.prefix_cache import PrefixCache, check_inference_only
 
 try:  # transformers >= 4.52: recomputation handled by the layer base class
     from transformers.modeling_layers import GradientCheckpointingLayer
@@ -52,11 +53,20 @@ class LLaDAOutput(ModelOutput):
             final post-`ln_f` state (spec §8.3). None unless requested.
         last_hidden_state: [B, L, D] post-`ln_f` state (always returned; the FlexMDM length head
             and masked-slot logits read it).
+        prefix_cache: the PrefixCache of the first P positions when the forward was called with
+            `cache_prefix=P`, else None.
+        trunk_positions: B x L, the positions fed to the trunk (L = the live width in a cached
+            forward); trunk FLOPs are proportional to trunk_positions x n_layers.
+
+    In a cached forward (`prefix_cache=`) L is the live width Lv and every tensor covers the
+    live positions P..P+Lv-1 only.
     """
 
     logits: torch.Tensor | None = None
     hidden_states: tuple[torch.Tensor, ...] | None = None
     last_hidden_state: torch.Tensor | None = None
+    prefix_cache: PrefixCache | None = None
+    trunk_positions: int | None = None
 
 
 class RMSNorm(nn.Module):
@@ -122,8 +132,14 @@ class LLaDABlock(GradientCheckpointingLayer):
         self.up_proj = nn.Linear(d, config.mlp_hidden_size, bias=False)
         self.ff_out = nn.Linear(config.mlp_hidden_size, d, bias=False)
 
-    def attention(self, h, cos, sin, attn_mask):
-        """Bidirectional multi-head attention. h [B, L, D]; attn_mask [B, 1, 1, L] bool or None."""
+    def attention(self, h, cos, sin, attn_mask, prefix_kv=None, cache_sink=None, cache_len=0):
+        """Bidirectional multi-head attention. h [B, L, D]; attn_mask [B, 1, 1, K] bool or None.
+
+        cos/sin [L, hd] are the RoPE tables of h's absolute positions. Prefix cache (inference):
+        `prefix_kv` = (keys, values) [B, Hkv, P, hd] are prepended to h's keys/values (K = P + L);
+        with `cache_sink` (a list) the post-RoPE keys and the values of h's first `cache_len`
+        positions are appended to it as a detached, contiguous pair [B, Hkv, cache_len, hd].
+        """
         B, L, _ = h.shape
         q = self.q_proj(h).view(B, L, self.n_heads, self.head_dim).transpose(1, 2)  # [B, H, L, hd]
         k = self.k_proj(h).view(B, L, self.n_kv_heads, self.head_dim).transpose(1, 2)  # [B, Hkv, L, hd]
@@ -131,19 +147,39 @@ class LLaDABlock(GradientCheckpointingLayer):
         rope_dtype = torch.float32 if self.rope_full_precision else q.dtype
         q = apply_rope(q.to(rope_dtype), cos.to(rope_dtype), sin.to(rope_dtype)).to(v.dtype)
         k = apply_rope(k.to(rope_dtype), cos.to(rope_dtype), sin.to(rope_dtype)).to(v.dtype)
+        if cache_sink is not None:
+            cache_sink.append(
+                (k[:, :, :cache_len].detach().contiguous(), v[:, :, :cache_len].detach().contiguous())
+            )
+        if prefix_kv is not None:
+            k, v = torch.cat((prefix_kv[0], k), dim=2), torch.cat((prefix_kv[1], v), dim=2)
         if self.n_kv_heads != self.n_heads:  # grouped-query attention
             rep = self.n_heads // self.n_kv_heads
             k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=0.0, is_causal=False)
         return self.attn_out(out.transpose(1, 2).reshape(B, L, -1))
 
-    def forward(self, x, cos, sin, attn_mask=None, scale=None, shift=None):
+    def forward(
+        self,
+        x,
+        cos,
+        sin,
+        attn_mask=None,
+        scale=None,
+        shift=None,
+        *,
+        prefix_kv=None,
+        cache_sink=None,
+        cache_len=0,
+    ):
         """x [B, L, D] -> [B, L, D]. Optional AdaLN `scale`, `shift` [B, D] modulate both norms.
 
         Tensors are positional so that re-entrant gradient checkpointing propagates their grads.
+        The keyword-only prefix-cache arguments (inference only) are described in `attention`.
         """
         mod = None if scale is None else (scale, shift)
-        x = x + self.attention(_modulate(self.attn_norm(x), mod), cos, sin, attn_mask)
+        h = _modulate(self.attn_norm(x), mod)
+        x = x + self.attention(h, cos, sin, attn_mask, prefix_kv, cache_sink, cache_len)
         h = _modulate(self.ff_norm(x), mod)
         return x + self.ff_out(F.silu(self.ff_proj(h)) * self.up_proj(h))
 
@@ -233,27 +269,46 @@ class LLaDAModelLM(PreTrainedModel):
         return_logits: bool = True,
         return_dict: bool = True,
         logits_mask: torch.Tensor | None = None,
+        cache_prefix: int | None = None,
+        prefix_cache: PrefixCache | None = None,
         **kwargs,
     ) -> LLaDAOutput:
-        """Bidirectional forward pass.
+        """Bidirectional forward pass, optionally building or using a prompt-prefix KV cache.
 
         Args:
-            input_ids: [B, L] int64 token ids. Positions are the absolute indices 0..L-1.
+            input_ids: [B, L] int64 token ids. Positions are the absolute indices 0..L-1 (with
+                `prefix_cache`: the live columns, absolute positions P..P+L-1).
             attention_mask: optional [B, L] (bool or 0/1): keys with 0 are not attended to
-                (query positions are still computed). None = full attention (spec §2.2).
+                (query positions are still computed). None = full attention (spec §2.2). With
+                `prefix_cache` it covers the live columns only; cached prefix keys are always
+                attended to.
             output_hidden_states: also return the input of each block and the final state.
             block_modulation: optional, one `(scale, shift)` pair ([B, D] each) or None per block,
                 applied after attn_norm and ff_norm (FlexMDM AdaLN, spec §2.5).
             return_logits: set False to skip the LM head (FlexMDM computes logits only where needed).
             logits_mask: optional [B, L] bool: logits only there (`logits_at`); the MDM loss needs
                 only the masked positions, and the LM head is much of a small model's cost.
+            cache_prefix: P (0 <= P <= L): also return, in `.prefix_cache`, each block's post-RoPE
+                keys and values of positions 0..P-1 (inference only). These positions must be
+                real tokens in every row (`attention_mask[:, :P]` all 1): P = the smallest prompt
+                length of the batch, rows left-aligned. The outputs are unchanged.
+            prefix_cache: a PrefixCache (P positions, B rows) to run only the live columns:
+                each block computes q/k/v of the live tokens (RoPE at positions P..P+L-1), its
+                keys/values are cat(cached prefix, live), the live queries attend to all of
+                them, the MLP runs on live tokens only. Built from a forward on the same canvas
+                (same block_modulation), the live outputs equal the full forward's on those
+                positions (see retrofit.models.prefix_cache for exactness and staleness).
 
         Returns:
             LLaDAOutput with logits [B, L, V_emb] (or [N, V_emb] with `logits_mask`),
-            last_hidden_state [B, L, D], hidden_states.
+            last_hidden_state [B, L, D], hidden_states, prefix_cache (with `cache_prefix`) and
+            trunk_positions = B * L.
 
         Raises:
-            ValueError: block_modulation of the wrong length, or a logits_mask not of shape [B, L].
+            ValueError: block_modulation of the wrong length, a logits_mask not of shape [B, L],
+                both cache arguments, a cache_prefix outside 0..L or over masked positions, a
+                prefix_cache that does not fit (batch, layers, heads, dtype, device), or a cache
+                argument while autograd is recording (the cache is inference-only).
         """
         tr = self.model.transformer
         B, L = input_ids.shape
@@ -261,25 +316,108 @@ class LLaDAModelLM(PreTrainedModel):
             raise ValueError(
                 f"block_modulation has {len(block_modulation)} entries for {len(tr.blocks)} blocks"
             )
+        offset = self._check_cache_args(input_ids, attention_mask, cache_prefix, prefix_cache)
         x = tr.wte(input_ids)  # [B, L, D]
         head_dim = self.config.d_model // self.config.n_heads
-        cos, sin = rope_cos_sin(L, head_dim, self.config.rope_theta, device=x.device)  # [L, hd]
-        attn_mask = None
-        if attention_mask is not None and not bool(attention_mask.all()):
-            attn_mask = attention_mask.bool()[:, None, None, :]  # [B, 1, 1, L]
+        # Tables of positions 0..offset+L-1, sliced: the live rows are bitwise the full forward's.
+        cos, sin = rope_cos_sin(offset + L, head_dim, self.config.rope_theta, device=x.device)
+        cos, sin = cos[offset:], sin[offset:]  # [L, hd]
+        attn_mask = _key_mask(attention_mask, offset, B, input_ids.device)
+        sink: list[tuple[torch.Tensor, torch.Tensor]] | None = [] if cache_prefix is not None else None
         hidden_states = []
         for i, block in enumerate(tr.blocks):
             if output_hidden_states:
                 hidden_states.append(x)
             mod = block_modulation[i] if block_modulation is not None else None
             scale, shift = mod if mod is not None else (None, None)
-            x = block(x, cos, sin, attn_mask, scale, shift)
+            if sink is None and prefix_cache is None:
+                x = block(x, cos, sin, attn_mask, scale, shift)
+            else:
+                past = prefix_cache.layer(i) if prefix_cache is not None else None
+                x = block(
+                    x,
+                    cos,
+                    sin,
+                    attn_mask,
+                    scale,
+                    shift,
+                    prefix_kv=past,
+                    cache_sink=sink,
+                    cache_len=cache_prefix or 0,
+                )
         x = tr.ln_f(x)
         if output_hidden_states:
             hidden_states.append(x)
         logits = self.logits_at(x, logits_mask) if return_logits else None  # [B, L, V] or [N, V]
+        cache = None
+        if sink is not None:
+            cache = PrefixCache(
+                keys=tuple(k for k, _ in sink),
+                values=tuple(v for _, v in sink),
+                prefix_len=int(cache_prefix),
+                batch_size=B,
+            )
         return LLaDAOutput(
             logits=logits,
             hidden_states=tuple(hidden_states) if output_hidden_states else None,
             last_hidden_state=x,
+            prefix_cache=cache,
+            trunk_positions=B * L,
         )
+
+    def _check_cache_args(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        cache_prefix: int | None,
+        prefix_cache: PrefixCache | None,
+    ) -> int:
+        """Validate the prefix-cache arguments; return the absolute position of column 0 (P or 0)."""
+        if cache_prefix is None and prefix_cache is None:
+            return 0
+        check_inference_only("LLaDAModelLM.forward")
+        B, L = input_ids.shape
+        if cache_prefix is not None and prefix_cache is not None:
+            raise ValueError(
+                "pass either cache_prefix (a full forward that builds the cache) or prefix_cache "
+                "(a forward of the live columns that uses it), not both"
+            )
+        if cache_prefix is not None:
+            if (
+                isinstance(cache_prefix, bool)
+                or not isinstance(cache_prefix, int)
+                or not 0 <= cache_prefix <= L
+            ):
+                raise ValueError(f"cache_prefix={cache_prefix!r} must be an int in 0..{L} (the input width)")
+            if attention_mask is not None and not bool(attention_mask[:, :cache_prefix].bool().all()):
+                raise ValueError(
+                    f"cache_prefix={cache_prefix}: attention_mask is 0 inside the first {cache_prefix} "
+                    "positions of some row; the prefix must be real tokens in every row (use the "
+                    "smallest prompt length of the batch, rows left-aligned)"
+                )
+            return 0
+        if not isinstance(prefix_cache, PrefixCache):
+            raise ValueError(f"prefix_cache must be a PrefixCache, got {type(prefix_cache).__name__}")
+        cfg = self.config
+        prefix_cache.validate(
+            batch_size=B,
+            num_layers=cfg.n_layers,
+            num_kv_heads=cfg.n_kv_heads,
+            head_dim=cfg.d_model // cfg.n_heads,
+            dtype=self.model.transformer.wte.weight.dtype,
+            device=input_ids.device,
+        )
+        return prefix_cache.prefix_len
+
+
+def _key_mask(attention_mask: torch.Tensor | None, offset: int, batch: int, device) -> torch.Tensor | None:
+    """SDPA key mask [B, 1, 1, offset + L] bool, or None when every key is attended to.
+
+    The `offset` cached prefix keys are always attended to; `attention_mask` [B, L] covers the rest.
+    """
+    if attention_mask is None or bool(attention_mask.all()):
+        return None
+    mask = attention_mask.bool()
+    if offset:
+        mask = torch.cat((torch.ones(batch, offset, dtype=torch.bool, device=device), mask), dim=1)
+    return mask[:, None, None, :]
