@@ -70,7 +70,8 @@ def test_reveal_schedule_spec_vector():
 @pytest.mark.parametrize("remasking", ["low_confidence", "random"])
 def test_reveals_exactly_the_schedule_block_by_block(llada, remasking):
     """G = 16, block 8, 6 steps: per block [3, 3, 2]; masks before each pass 16, 13, 10, 8, 5, 2; only
-    the current block changes; left-padded prompts keep their ids and get attention 0 on the pads."""
+    the current block changes; rows are left-aligned (prompt at 0, its blocks right after it, pad at
+    the end with attention 0), so each row's blocks are offset by its own prompt length."""
     rec = Recorder(llada)
     config = MDMSamplerConfig(gen_length=16, block_length=8, steps=6, remasking=remasking, stop_at_eos=False)
     prompts = [[1, 2, 3], [4]]
@@ -78,9 +79,11 @@ def test_reveals_exactly_the_schedule_block_by_block(llada, remasking):
     masks = [int((ids[0] == MASK).sum()) for ids, _ in rec.calls]
     assert masks == [16, 13, 10, 8, 5, 2] and out.num_forward_passes == 6
     ids, attn = rec.calls[0]
-    assert ids[1, :3].tolist() == [EOS, EOS, 4] and attn[1].tolist() == [0, 0] + [1] * 17
+    assert ids[1].tolist() == [4] + [MASK] * 16 + [EOS, EOS] and attn[1].tolist() == [1] * 17 + [0, 0]
     for (before, _), (after, _) in zip(rec.calls[:3], rec.calls[1:4]):
-        assert torch.equal(before[:, 11:], after[:, 11:])  # second block untouched during the first
+        assert torch.equal(before[0, 11:], after[0, 11:])  # second block untouched during the first
+        assert torch.equal(before[1, 9:], after[1, 9:])  # (row 1's blocks start at its column 1)
+    assert not torch.equal(rec.calls[0][0][1, 1:9], rec.calls[3][0][1, 1:9])
     assert out.sequences[0][:3] == [1, 2, 3] and out.sequences[1][:1] == [4]
     assert all(len(g) == 16 and MASK not in g for g in out.generated)
 

@@ -11,10 +11,16 @@ Hazards come from the schedules stored in the model config (``insertion_schedule
 ``unmasking_schedule``) unless the sampler config names others (spec §4.5). Each step runs the
 model only on the columns in use (the longest current row; the model appends the length slot).
 
+Rows are independent: each row is left-aligned at column 0 with its own length, protected
+spans and cap, and draws from its own counter-based stream keyed by (seed, example id, sample
+number) (:class:`~retrofit.sampling.draws.RowRandom`). So with a "slots"-attention model a row's
+sample does not depend on the batch size, the order of rows or the other rows' lengths (up to
+float rounding of the batched forward pass; see tests/sampling/test_row_randomness.py).
+
 Example::
 
     sampler = FlexMDMSampler(model, FlexMDMSamplerConfig(steps=256, max_length=1024))
-    out = sampler.sample([prompt_ids], generator=torch.Generator().manual_seed(0))
+    out = sampler.sample([prompt_ids], seed=0, example_ids=[17])
     fast = dataclasses.replace(sampler, config=dataclasses.replace(sampler.config, steps=64))
     mid = sampler.infill([prefix_ids], [suffix_ids]).generated[0]
 """
@@ -29,9 +35,9 @@ import torch
 from torch import Tensor
 
 from retrofit.sampling.batch import accepts_argument, model_device, progress, repeat_rows
+from retrofit.sampling.draws import RowRandom, resolve_row_keys
 from retrofit.sampling.flexmdm_config import FlexMDMSamplerConfig
 from retrofit.sampling.steps import (
-    RandomSource,
     allowed_gaps,
     cap_insertions,
     confidence,
@@ -89,22 +95,35 @@ class FlexMDMSampler:
         prompts: list[list[int]] | None = None,
         num_samples: int = 1,
         generator: torch.Generator | None = None,
+        *,
+        seed: int | None = None,
+        example_ids: list[int] | None = None,
     ) -> SampleOutput:
         """Generate continuations of ``prompts`` (or from nothing), each ``num_samples`` times.
 
         Args:
             prompts: token-id lists (lengths may differ; their lengths are taken as given, pad ids
-                inside a prompt are fine); None = ``num_samples`` unconditional rows.
+                inside a prompt are fine); None = ``num_samples`` unconditional rows (one example).
             num_samples: samples per prompt; rows are prompt-major.
-            generator: torch.Generator for every random draw (None = global RNG).
+            generator: used only when ``seed`` is None: one base seed is drawn from it (None =
+                torch's global RNG). Kept for callers that pass a seeded generator.
+            seed: base seed of every draw. Row (prompt i, sample j) draws from its own stream
+                keyed by (seed, example_ids[i], j) (:func:`~retrofit.sampling.draws.row_seed`).
+            example_ids: one integer identity per prompt (e.g. its index in the evaluated set);
+                None = 0, 1, ... in call order.
 
         Returns:
             SampleOutput; ``generated`` holds the tokens after the prompt.
 
         Raises:
-            ValueError: a prompt is longer than max_length, or num_samples < 1.
+            ValueError: a prompt is longer than max_length, num_samples < 1, or example_ids does
+                not hold one integer per prompt.
         """
-        rows = repeat_rows([[]] if prompts is None else prompts, num_samples)
+        prompts = [[]] if prompts is None else prompts
+        keys = resolve_row_keys(
+            len(prompts), num_samples, generator=generator, seed=seed, example_ids=example_ids
+        )
+        rows = repeat_rows(prompts, num_samples)
         cap = self.config.max_length
         too_long = [len(p) for p in rows if len(p) > cap]
         if too_long:
@@ -112,7 +131,7 @@ class FlexMDMSampler:
                 f"sample: a prompt has {too_long[0]} tokens > max_length={cap}; raise "
                 "FlexMDMSamplerConfig.max_length (CLI: --max-length)"
             )
-        return self._run(rows, [[] for _ in rows], [cap] * len(rows), generator, [[] for _ in rows])
+        return self._run(rows, [[] for _ in rows], [cap] * len(rows), keys, [[] for _ in rows])
 
     def infill(
         self,
@@ -121,6 +140,9 @@ class FlexMDMSampler:
         num_samples: int = 1,
         generator: torch.Generator | None = None,
         middles: list[list[int]] | None = None,
+        *,
+        seed: int | None = None,
+        example_ids: list[int] | None = None,
     ) -> SampleOutput:
         """Fill the middle between each prefix and suffix; the model picks its length (spec §4.4).
 
@@ -134,33 +156,38 @@ class FlexMDMSampler:
 
         Args:
             prefixes, suffixes: token-id lists, one pair per problem (boundary tokens included).
-            num_samples: samples per problem. generator: as in :meth:`sample`.
+            num_samples: samples per problem. generator, seed, example_ids: as in :meth:`sample`
+                (one id per problem).
             middles: optional token-id lists (no mask ids), one per problem; default empty.
 
         Returns:
             SampleOutput; ``generated`` holds the middles (anchors included).
 
         Raises:
-            ValueError: the lists differ in length, or num_samples < 1.
+            ValueError: the lists differ in length, num_samples < 1, or bad example_ids.
         """
         middles = [[] for _ in prefixes] if middles is None else middles
         if not len(prefixes) == len(suffixes) == len(middles):
             raise ValueError(
                 f"infill: {len(prefixes)} prefixes, {len(suffixes)} suffixes and {len(middles)} middles"
             )
+        keys = resolve_row_keys(
+            len(prefixes), num_samples, generator=generator, seed=seed, example_ids=example_ids
+        )
         pre, suf = repeat_rows(prefixes, num_samples), repeat_rows(suffixes, num_samples)
         mid = repeat_rows(middles, num_samples)
         caps = [len(p) + len(m) + len(s) + self.config.max_middle for p, m, s in zip(pre, mid, suf)]
-        return self._run(pre, suf, caps, generator, mid)
+        return self._run(pre, suf, caps, keys, mid)
 
     # ----------------------------------------------------------------------------- the run
-    def _run(self, fronts, backs, caps, generator, middles) -> SampleOutput:
+    def _run(self, fronts, backs, caps, keys: list[int], middles) -> SampleOutput:
+        """Sample rows ``fronts[b] + middles[b] + backs[b]`` (row b capped at caps[b] tokens), row b
+        drawing from the stream ``keys[b]``."""
         if not fronts:
             raise ValueError("sampler: no prompts given (pass prompts=None for unconditional samples)")
         cfg, mask_id = self.config, self._mask_id()
         st = self._initial_state(fronts, middles, backs, caps)
-        full = st.canvas.shape[1]
-        rand = RandomSource(generator, full_width=full if cfg.draw_at_full_width else None)
+        rand = RowRandom(keys).to(st.canvas.device)
         trace = Trace() if cfg.trace else None
         if trace is not None:
             trace.record(0.0, st.canvas, st.lengths, mask_id, "init")
@@ -176,7 +203,7 @@ class FlexMDMSampler:
             passes += self._finish(st, rand, trace)
         return self._output(st, passes, trace)
 
-    def _step(self, st: _State, t: float, dt: float, rand: RandomSource) -> None:
+    def _step(self, st: _State, t: float, dt: float, rand: RowRandom) -> None:
         """One tau-leaping step: predict, unmask on the pre-insertion canvas, insert (spec §4.2)."""
         width = self._width(st)
         pred = self._predict(st, t, width)
@@ -185,7 +212,7 @@ class FlexMDMSampler:
         e = insertion_counts(pred.expected_gaps, allowed, self._hazard("insertion", t) * dt, rand)
         self._insert(st, e, width)
 
-    def _finish(self, st: _State, rand: RandomSource, trace: Trace | None) -> int:
+    def _finish(self, st: _State, rand: RowRandom, trace: Trace | None) -> int:
         """Final insertion at t = 1 and the fill pass (or the reference last step). Returns passes."""
         cfg, mask_id = self.config, self._mask_id()
         if cfg.reference:  # last step at t = (S - 1)/S: argmax fill, no insertion
@@ -225,7 +252,7 @@ class FlexMDMSampler:
         return predict(self.model, st.canvas, st.lengths, t, width, logits_mask=mask)
 
     def _unmask(
-        self, st: _State, logits: Tensor, rand: RandomSource, hazard_dt: float | None, argmax: bool = False
+        self, st: _State, logits: Tensor, rand: RowRandom, hazard_dt: float | None, argmax: bool = False
     ) -> None:
         """Unmask K ~ Poisson(N h_β dt) eligible masks by confidence; hazard_dt None = all of them."""
         cfg, width = self.config, logits.shape[1]

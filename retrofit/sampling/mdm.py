@@ -6,7 +6,17 @@ its first (m mod s) steps (spec §7.5: m = 10, s = 4 -> [3, 3, 2, 2]). Each step
 (a conditional + unconditional pair with classifier-free guidance), a proposal x̂ = argmax of the
 logits plus temperature-scaled Gumbel noise in float64 (temperature 0 = argmax), a confidence
 (softmax probability of x̂, or uniform for ``random``), and the most confident masked positions of
-the current block are revealed for good. Batched prompts are left-padded with an attention mask.
+the current block are revealed for good.
+
+Batches are ragged and rows independent: row b is left-aligned, prompt at 0..P_b-1, its G
+generated slots at P_b..P_b+G-1 (then its suffix, when infilling in place), pad after, with an
+attention mask that hides the pad keys; its semi-AR blocks are offset by P_b. So each row sees
+exactly the positions it has alone (left-padding would shift every row's positions by the
+batch's longest prompt and change its result with the batch). Each row draws from its own
+counter-based stream keyed by (seed, example id, sample number)
+(:class:`~retrofit.sampling.draws.RowRandom`). The batch's width is max_b(P_b + S_b) + G, so the
+pad a short row carries is the difference to the longest prompt: callers that batch many prompts
+(``TextGenerator``) sort them by length first to keep it small.
 
 Infilling: in the baseline's FIM format (instruction + ``<prefix>``…``</prefix><suffix>``…
 ``</suffix>``, middle generated after it; spec §1.7, §6.2) or in place (a given number of masks
@@ -15,7 +25,7 @@ between prefix and suffix).
 Example::
 
     sampler = MDMSampler(llada, MDMSamplerConfig(gen_length=256, block_length=128, steps=128))
-    out = sampler.sample([prompt_ids], generator=torch.Generator().manual_seed(0))
+    out = sampler.sample([prompt_ids], seed=0, example_ids=[17])
 """
 
 from __future__ import annotations
@@ -27,11 +37,17 @@ import torch
 from torch import Tensor
 
 from retrofit.sampling.batch import model_device, progress, repeat_rows
+from retrofit.sampling.draws import RowRandom, resolve_row_keys
 from retrofit.sampling.mdm_config import MDMSamplerConfig
 from retrofit.sampling.steps import select_top_k
 from retrofit.sampling.trace import SampleOutput
 
 __all__ = ["MDMSampler", "reveal_schedule"]
+
+
+def _gather_columns(logits: Tensor, cols: Tensor) -> Tensor:
+    """logits [B, L, V] at each row's columns cols [B, b] -> [B, b, V]."""
+    return logits.gather(1, cols[:, :, None].expand(-1, -1, logits.shape[-1]))
 
 
 def reveal_schedule(num_masks: Tensor, steps: int) -> Tensor:
@@ -65,20 +81,37 @@ class MDMSampler:
     tokenizer: Any = None
 
     def sample(
-        self, prompts: list[list[int]], num_samples: int = 1, generator: torch.Generator | None = None
+        self,
+        prompts: list[list[int]],
+        num_samples: int = 1,
+        generator: torch.Generator | None = None,
+        *,
+        seed: int | None = None,
+        example_ids: list[int] | None = None,
     ) -> SampleOutput:
         """Generate ``gen_length`` tokens after each prompt (``num_samples`` rows per prompt).
 
         Args:
-            prompts: token-id lists of any lengths (left-padded internally).
+            prompts: token-id lists of any lengths (each row left-aligned, pad after).
             num_samples: samples per prompt; rows are prompt-major.
-            generator: torch.Generator for the Gumbel / random-remasking draws.
+            generator: used only when ``seed`` is None: one base seed is drawn from it (None =
+                torch's global RNG). Kept for callers that pass a seeded generator.
+            seed: base seed of the Gumbel / random-remasking draws. Row (prompt i, sample j)
+                draws from its own stream keyed by (seed, example_ids[i], j).
+            example_ids: one integer identity per prompt (e.g. its index in the evaluated set);
+                None = 0, 1, ... in call order.
 
         Returns:
             SampleOutput; ``generated`` is cut at the first EOS when stop_at_eos.
+
+        Raises:
+            ValueError: no prompts, or example_ids does not hold one integer per prompt.
         """
+        keys = resolve_row_keys(
+            len(prompts), num_samples, generator=generator, seed=seed, example_ids=example_ids
+        )
         rows = repeat_rows(prompts, num_samples)
-        return self._generate(rows, [[] for _ in rows], self.config, generator)
+        return self._generate(rows, [[] for _ in rows], self.config, keys)
 
     def infill(
         self,
@@ -88,8 +121,12 @@ class MDMSampler:
         generator: torch.Generator | None = None,
         middle_length: int | None = None,
         middles: list[list[int]] | None = None,
+        *,
+        seed: int | None = None,
+        example_ids: list[int] | None = None,
     ) -> SampleOutput:
-        """Fill between prefix and suffix ids.
+        """Fill between prefix and suffix ids (generator, seed, example_ids as in :meth:`sample`,
+        one id per problem).
 
         ``middle_length=None``: the baseline FIM format (spec §1.7, §6.2): prompt = instruction ‖
         ``<prefix>`` ‖ prefix ‖ ``</prefix>`` ‖ ``<suffix>`` ‖ suffix ‖ ``</suffix>`` (each
@@ -107,6 +144,9 @@ class MDMSampler:
         """
         if len(prefixes) != len(suffixes):
             raise ValueError(f"infill: {len(prefixes)} prefixes but {len(suffixes)} suffixes")
+        keys = resolve_row_keys(
+            len(prefixes), num_samples, generator=generator, seed=seed, example_ids=example_ids
+        )
         pre, suf = repeat_rows(prefixes, num_samples), repeat_rows(suffixes, num_samples)
         if middles is not None:
             mid = repeat_rows(middles, num_samples)
@@ -118,93 +158,99 @@ class MDMSampler:
                     "middle_length"
                 )
             config = replace(self.config, gen_length=widths[0], block_length=widths[0])
-            return self._generate(pre, suf, config, generator, mid)
+            return self._generate(pre, suf, config, keys, mid)
         if middle_length is None:
             ids = self._fim_ids()
             prompts = [ids["instruction"] + ids["<prefix>"] + p + ids["</prefix>"] + ids["<suffix>"] + s
                        + ids["</suffix>"] for p, s in zip(pre, suf)]  # fmt: skip
-            return self._generate(prompts, [[] for _ in prompts], self.config, generator)
+            return self._generate(prompts, [[] for _ in prompts], self.config, keys)
         config = replace(self.config, gen_length=middle_length, block_length=middle_length)
-        return self._generate(pre, suf, config, generator)
+        return self._generate(pre, suf, config, keys)
 
     # ----------------------------------------------------------------------------- core
-    def _generate(self, fronts, backs, cfg: MDMSamplerConfig, generator, middles=None) -> SampleOutput:
+    def _generate(self, fronts, backs, cfg: MDMSamplerConfig, keys: list[int], middles=None) -> SampleOutput:
+        """Fill row b = fronts[b] ‖ M×G (or middles[b]) ‖ backs[b], drawing from stream keys[b]."""
         if not fronts:
             raise ValueError("MDMSampler: no prompts given")
         x, attn, region = self._canvas(fronts, backs, cfg.gen_length, middles)
-        prompt_mask = attn.bool().clone()
-        prompt_mask[:, region : region + cfg.gen_length] = False
+        pos = torch.arange(x.shape[1], device=x.device)[None, :]
+        in_gen = (pos >= region[:, None]) & (pos < (region + cfg.gen_length)[:, None])
+        prompt_mask = attn.bool() & ~in_gen  # the given tokens (prompt, suffix): masked for CFG
+        rand = RowRandom(keys).to(x.device)
+        mask_id = self._mask_id(cfg)
         blocks = cfg.gen_length // cfg.block_length
         per_block = cfg.steps // blocks
         passes = 0
         with torch.no_grad():
             for k in progress(range(blocks), cfg.progress, "llada blocks", "block"):
-                lo = region + k * cfg.block_length
-                hi = lo + cfg.block_length
-                plan = reveal_schedule((x[:, lo:hi] == self._mask_id(cfg)).sum(-1), per_block)
+                cols = (
+                    region[:, None] + k * cfg.block_length + torch.arange(cfg.block_length, device=x.device)
+                )
+                plan = reveal_schedule((x.gather(1, cols) == mask_id).sum(-1), per_block)  # [B, b] cols
                 for s in range(per_block):
-                    logits = self._logits(x, attn, prompt_mask, cfg, lo, hi)  # [B, b, V]
+                    logits = self._logits(x, attn, prompt_mask, cfg, cols)  # [B, b, V]
                     passes += 1
-                    proposal, conf = self._propose(logits, cfg, generator)
-                    block = x[:, lo:hi]
-                    chosen = select_top_k(conf, block == self._mask_id(cfg), plan[:, s])
-                    block[chosen] = proposal[chosen]
+                    proposal, conf = self._propose(logits, cfg, rand)
+                    block = x.gather(1, cols)
+                    chosen = select_top_k(conf, block == mask_id, plan[:, s])
+                    x.scatter_(1, cols, torch.where(chosen, proposal, block))
         return self._output(x, region, fronts, backs, cfg, passes)
 
-    def _canvas(self, fronts, backs, gen_length, middles=None) -> tuple[Tensor, Tensor, int]:
-        """[pad… front | M×G (or the middles) | back …pad] [B, L], its attention mask; (x, attn, region)."""
+    def _canvas(self, fronts, backs, gen_length, middles=None) -> tuple[Tensor, Tensor, Tensor]:
+        """Left-aligned rows [front | M×G (or the middle) | back | pad…] [B, L] with
+        L = max_b(P_b + S_b) + G, their attention mask [B, L] (1 on real slots) and each row's
+        generation start P_b [B] int64: (x, attn, region), on the model's device."""
         cfg, device = self.config, model_device(self.model)
-        width_front, width_back = max(map(len, fronts)), max(map(len, backs))
-        L = width_front + gen_length + width_back
+        L = max(len(f) + len(bk) for f, bk in zip(fronts, backs)) + gen_length
         x = torch.full((len(fronts), L), self._pad_id(cfg), dtype=torch.long)
         attn = torch.zeros((len(fronts), L), dtype=torch.long)
         for b, (f, bk) in enumerate(zip(fronts, backs)):  # input conversion only
-            x[b, width_front - len(f) : width_front] = torch.tensor(f, dtype=torch.long)
-            x[b, width_front + gen_length : width_front + gen_length + len(bk)] = torch.tensor(
-                bk, dtype=torch.long
-            )
-            attn[b, width_front - len(f) : width_front + gen_length + len(bk)] = 1
-        x[:, width_front : width_front + gen_length] = self._mask_id(cfg)
-        if middles is not None:
-            x[:, width_front : width_front + gen_length] = torch.tensor(middles, dtype=torch.long)
-        return x.to(device), attn.to(device), width_front
+            mid = [self._mask_id(cfg)] * gen_length if middles is None else list(middles[b])
+            row = torch.tensor(list(f) + mid + list(bk), dtype=torch.long)
+            x[b, : len(row)] = row
+            attn[b, : len(row)] = 1
+        region = torch.tensor([len(f) for f in fronts], dtype=torch.long)
+        return x.to(device), attn.to(device), region.to(device)
 
     def _logits(
-        self, x: Tensor, attn: Tensor, prompt_mask: Tensor, cfg: MDMSamplerConfig, lo: int, hi: int
+        self, x: Tensor, attn: Tensor, prompt_mask: Tensor, cfg: MDMSamplerConfig, cols: Tensor
     ) -> Tensor:
-        """Float32 logits of columns lo..hi-1 [B, hi - lo, V]; with CFG one batched pass over
-        (x, x with the prompt masked), combined as l_u + (w + 1)(l_c - l_u) (spec §4.9 step 1)."""
+        """Float32 logits of each row's block columns ``cols`` [B, b] -> [B, b, V]; with CFG one
+        batched pass over (x, x with the prompt masked), combined as l_u + (w + 1)(l_c - l_u)
+        (spec §4.9 step 1)."""
         if cfg.cfg_scale > 0:
             unconditional = x.masked_fill(prompt_mask, self._mask_id(cfg))
             both = self.model(input_ids=torch.cat([x, unconditional]), attention_mask=torch.cat([attn, attn]))
-            cond, uncond = both.logits[:, lo:hi].float().chunk(2, dim=0)
+            cond, uncond = _gather_columns(both.logits, torch.cat([cols, cols])).float().chunk(2, dim=0)
             return uncond + (cfg.cfg_scale + 1.0) * (cond - uncond)
-        return self.model(input_ids=x, attention_mask=attn).logits[:, lo:hi].float()
+        return _gather_columns(self.model(input_ids=x, attention_mask=attn).logits, cols).float()
 
-    def _propose(self, logits: Tensor, cfg: MDMSamplerConfig, generator) -> tuple[Tensor, Tensor]:
-        """x̂ = argmax(l + T·Gumbel) in float64 and its confidence, both [B, b] (spec §4.9 steps 2-3)."""
+    def _propose(self, logits: Tensor, cfg: MDMSamplerConfig, rand: RowRandom) -> tuple[Tensor, Tensor]:
+        """x̂ = argmax(l + T·Gumbel) in float64 and its confidence, both [B, b] (spec §4.9 steps 2-3).
+
+        Row b's Gumbel noise of block slot i, token v is uniform column i·V + v of its stream."""
         logits = logits.clone()
         logits[..., self._mask_id(cfg)] = float("-inf")  # never propose the mask itself (spec §4.7.3)
         if cfg.logits_eos_inf:
             logits[..., self._eos_id(cfg)] = float("-inf")
         noisy = logits.to(torch.float64)
-        gen_device = generator.device if generator is not None else torch.device("cpu")
+        B, b, V = noisy.shape
         if cfg.temperature > 0:
-            u = torch.rand(noisy.shape, generator=generator, device=gen_device, dtype=torch.float64)
-            noisy = noisy + cfg.temperature * (-torch.log(-torch.log(u.clamp_min(1e-300)))).to(noisy.device)
+            u = rand.uniform(B, b * V, noisy.device).view(B, b, V)
+            noisy = noisy + cfg.temperature * (-torch.log(-torch.log(u.clamp_min(1e-300))))
         proposal = noisy.argmax(dim=-1)  # [B, b]
         if cfg.remasking == "low_confidence":
             conf = torch.softmax(logits, dim=-1).gather(-1, proposal[..., None]).squeeze(-1).to(torch.float64)
         else:
-            conf = torch.rand(proposal.shape, generator=generator, device=gen_device, dtype=torch.float64)
-            conf = conf.to(proposal.device)
+            conf = rand.uniform(B, b, proposal.device)
         if cfg.confidence_eos_eot_inf:
             stops = self._stop_ids(cfg)
             conf = conf.masked_fill(torch.isin(proposal, stops), float("-inf"))
         return proposal, conf
 
     def _output(self, x, region, fronts, backs, cfg, passes) -> SampleOutput:
-        gen = x[:, region : region + cfg.gen_length].cpu()
+        cols = region[:, None] + torch.arange(cfg.gen_length, device=x.device)[None, :]
+        gen = x.gather(1, cols).cpu()
         if cfg.stop_at_eos:
             stop = torch.isin(gen, self._stop_ids(cfg).cpu())
             first = torch.where(stop.any(-1), stop.long().argmax(-1), torch.full_like(stop[:, 0], gen.shape[1],

@@ -11,7 +11,9 @@ One sampler step at time t with step size dt is (spec §4.2 order):
 ``editable_slots`` / ``allowed_gaps`` are the protection rules (spec §1.5, §4.4): the prompt (or
 prefix and suffix) is never unmasked into and never receives insertions, so it stays bit-identical.
 
-All random numbers come from a :class:`~retrofit.sampling.draws.RandomSource` (re-exported here).
+All random numbers come from ``rand``: the sampler's per-row
+:class:`~retrofit.sampling.draws.RowRandom` (each row its own stream), or the single-generator
+:class:`~retrofit.sampling.draws.RandomSource`; both have ``uniform`` and ``poisson`` (re-exported here).
 
 Example::
 
@@ -25,12 +27,13 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from retrofit.sampling.draws import RandomSource
+from retrofit.sampling.draws import RandomSource, RowRandom
 from retrofit.sampling.flexmdm_config import CONFIDENCE_METHODS
 
 __all__ = [
     "Prediction",
     "RandomSource",
+    "RowRandom",
     "allowed_gaps",
     "cap_insertions",
     "confidence",
@@ -125,13 +128,13 @@ def allowed_gaps(lengths: Tensor, pre_len: Tensor, suf_len: Tensor, num_gaps: in
     return (j >= pre_len[:, None]) & (j <= (lengths - suf_len)[:, None])
 
 
-def unmask_count(num_masks: Tensor, hazard_dt: float, rand: RandomSource) -> Tensor:
+def unmask_count(num_masks: Tensor, hazard_dt: float, rand: RowRandom | RandomSource) -> Tensor:
     """K ~ Poisson(N · h_β(t) · dt) per row (spec §4.2 step 2.2), not yet clamped.
 
     Args:
         num_masks: [B] int64 N, the eligible masks of each row.
         hazard_dt: h_β(t) · dt (e.g. linear, t = 0.5, dt = 1/256: 2/256).
-        rand: the run's RandomSource.
+        rand: the run's random source (RowRandom or RandomSource).
 
     Returns:
         [B] int64 counts.
@@ -174,7 +177,7 @@ def confidence(
     logits: Tensor,
     eligible: Tensor,
     lengths: Tensor,
-    rand: RandomSource,
+    rand: RowRandom | RandomSource,
     banned: Tensor | None = None,
 ) -> Tensor:
     """Confidence c_j of each eligible slot (spec §4.3); -inf elsewhere.
@@ -188,7 +191,7 @@ def confidence(
         logits: [B, W, V] float logits.
         eligible: [B, W] bool slots that may be unmasked now.
         lengths: [B] int64 n_b (for ``position``).
-        rand: the run's RandomSource.
+        rand: the run's random source (RowRandom or RandomSource).
         banned: optional [V] bool tokens excluded from p (mask id, pad id).
 
     Returns:
@@ -283,7 +286,7 @@ def draw_tokens(
 
 
 def insertion_counts(
-    expected_gaps: Tensor, allowed: Tensor, hazard_dt: float | None, rand: RandomSource
+    expected_gaps: Tensor, allowed: Tensor, hazard_dt: float | None, rand: RowRandom | RandomSource
 ) -> Tensor:
     """e_j ~ Poisson(ĝ_j · h_α(t) · dt) on allowed gaps, 0 elsewhere (spec §4.2 step 3.1-3.2).
 
@@ -292,7 +295,7 @@ def insertion_counts(
         allowed: [B, G] bool from :func:`allowed_gaps`.
         hazard_dt: h_α(t) · dt; None means a factor of 1 (the final insertion at t = 1 of the
             mass still pending: e_j ~ Poisson(ĝ_j)).
-        rand: the run's RandomSource (draws at full_width + 1 columns when set).
+        rand: the run's random source (a RandomSource with full_width draws at full_width + 1 columns).
 
     Returns:
         [B, G] int64.
