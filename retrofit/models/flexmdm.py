@@ -330,7 +330,9 @@ class FlexMDMModel(PreTrainedModel):
             logits = self.backbone.logits_at(h[:, :L], logits_mask)  # [N, V]
         return FlexMDMOutput(
             logits=logits,
-            expected_gaps=self.length_head(h),
+            expected_gaps=self.length_head(
+                h, row_offset=0 if prefix_cache is None else prefix_cache.prefix_len
+            ),
             prefix_cache=out.prefix_cache,
             trunk_positions=out.trunk_positions,
         )

@@ -32,10 +32,22 @@ class LengthHead(nn.Module):
         self.out = nn.Linear(hidden, 1)
         self.scale = float(scale)
 
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        """h [B, L+1, D] (any float dtype) -> expected gaps [B, L+1] float32, >= 0."""
-        z = self.out(F.gelu(self.proj(self.norm(h.to(param_dtype(self))))))  # [B, L+1, 1]
-        return F.softplus(z.squeeze(-1).float()) * self.scale
+    def forward(self, h: torch.Tensor, row_offset: int = 0) -> torch.Tensor:
+        """h [B, L+1, D] (any float dtype) -> expected gaps [B, L+1] float32, >= 0.
+
+        `row_offset` (prefix-cache forwards): h holds canvas positions P..P+L of a width-(P+L+1)
+        canvas (P = row_offset). The one-column output layer and the softplus then run on the
+        activations behind P zero rows, sliced off at the end, so they see the full forward's
+        layout: CPU BLAS (GEMV) and the vectorised softplus round an element by its place in
+        the tensor, and this keeps the cached forward's gaps bitwise the full forward's. The
+        extra cost is P x (hidden + 1) multiply-adds per row, nothing beside the trunk's.
+        """
+        a = F.gelu(self.proj(self.norm(h.to(param_dtype(self)))))  # [B, L+1, hidden]
+        if row_offset:
+            a = torch.cat((a.new_zeros(a.shape[0], row_offset, a.shape[2]), a), dim=1)  # [B, P+L+1, hidden]
+        z = self.out(a)  # [B, P+L+1, 1]
+        gaps = F.softplus(z.squeeze(-1).float()) * self.scale
+        return gaps[:, row_offset:] if row_offset else gaps
 
     def extra_repr(self) -> str:
         return f"scale={self.scale:g}"

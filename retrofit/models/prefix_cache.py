@@ -69,13 +69,20 @@ class PrefixCache:
 
         Only valid while every kept row still has at least `prefix_len` prompt tokens (always
         true for rows of the batch it was built from).
+
+        Raises:
+            ValueError: a bool mask not of shape [B], or an index outside 0..B-1.
         """
-        index = torch.as_tensor(rows, device=self.keys[0].device) if self.keys else torch.as_tensor(rows)
+        index = torch.as_tensor(rows)
+        if self.keys:
+            index = index.to(self.keys[0].device)
         if index.dtype == torch.bool:
             if index.shape != (self.batch_size,):
                 raise ValueError(f"row mask has shape {tuple(index.shape)}, expected ({self.batch_size},)")
             index = index.nonzero().squeeze(-1)
-        index = index.long()
+        index = index.long().reshape(-1)
+        if index.numel() and not (int(index.min()) >= 0 and int(index.max()) < self.batch_size):
+            raise ValueError(f"row indices {index.tolist()} are outside 0..{self.batch_size - 1}")
         return PrefixCache(
             keys=tuple(k.index_select(0, index) for k in self.keys),
             values=tuple(v.index_select(0, index) for v in self.values),
