@@ -25,8 +25,8 @@ def oracle(tokenizer, problems: dict, wrong_after: int | None = None):
     by_pair = {(p["prompt"], p["suffix"]): p["canonical_solution"] for p in problems.values()}
     calls = []
 
-    def infill_fn(prefixes, suffixes, num_samples, seed):
-        calls.append((len(prefixes), num_samples, seed))
+    def infill_fn(prefixes, suffixes, num_samples, seed, example_ids):
+        calls.append((len(prefixes), num_samples, seed, list(example_ids)))
         out = []
         for pair in zip(prefixes, suffixes):
             for j in range(num_samples):
@@ -51,6 +51,8 @@ def test_canonical_middles_pass_and_have_exact_length(data_dir, tmp_path) -> Non
     assert metrics["pass@1"] == 1.0 and metrics["exact_length_rate"] == 1.0
     assert metrics["pass@1_stderr"] == 0.0 and "pass@10" not in metrics  # k > n is skipped
     assert [c[0] for c in calls] == [4, 4, 2]  # chunks of 4 tasks
+    assert [c[3] for c in calls] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]  # the tasks' indices
+    assert {c[2] for c in calls} == {0}  # one seed: rows are told apart by their example ids
     results, samples = read_run(tmp_path)
     assert results["config"]["num_tasks"] == 10 and results["config"]["benchmark"] == "single-line"
     assert results["metrics"]["mean_middle_tokens"] == results["metrics"]["mean_canonical_tokens"]
@@ -120,7 +122,8 @@ DP_SCRIPT = textwrap.dedent(
     canon = {(p["prompt"], p["suffix"]): p["canonical_solution"] for p in read_problems("single-line").values()}
     seen = []
 
-    def infill_fn(prefixes, suffixes, n, seed):
+    def infill_fn(prefixes, suffixes, n, seed, example_ids):
+        assert example_ids == list(range(rank, 5, 2)), example_ids  # global task indices
         seen.extend(prefixes)
         return [Completion(canon[pair], [], len(tok(canon[pair])["input_ids"])) for pair in zip(prefixes, suffixes)]
 

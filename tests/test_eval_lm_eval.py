@@ -96,8 +96,9 @@ def test_generate_until_cuts_at_the_first_stop_string(flex_lm, monkeypatch) -> N
     assert cut_at_stop("a</answer>b<x>c", ["<x>", "</answer>"]) == "a" and cut_at_stop("abc", []) == "abc"
     seen = []
 
-    def fake_generate(prompts, *, stop, seed, max_new_tokens, truncate_left):
+    def fake_generate(prompts, *, stop, seed, max_new_tokens, truncate_left, example_ids, first_samples):
         seen.append((tuple(stop), max_new_tokens))
+        assert example_ids == [int(p[1]) for p in prompts] and first_samples == [0] * len(prompts)
         return [Completion(cut_at_stop(f"{p}|x STOP y", stop)) for p in prompts]
 
     monkeypatch.setattr(flex_lm.generator, "generate", fake_generate)

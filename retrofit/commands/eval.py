@@ -256,8 +256,10 @@ def run_humaneval(args: argparse.Namespace) -> int:
         )
     out = _out_dir(args, "humaneval-infill")
 
-    def infill_fn(prefixes, suffixes, num_samples, seed):
-        return generator.infill(prefixes, suffixes, num_samples=num_samples, seed=seed)
+    def infill_fn(prefixes, suffixes, num_samples, seed, example_ids):
+        return generator.infill(
+            prefixes, suffixes, num_samples=num_samples, seed=seed, example_ids=example_ids
+        )
 
     metrics = run_humaneval_infill(
         infill_fn, generator.tokenizer, out, benchmark=args.benchmark, limit=args.limit,

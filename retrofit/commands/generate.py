@@ -56,7 +56,9 @@ def add_sampler_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"LLaDA: semi-autoregressive block size (default: --gen-length when given, else {Mdm.block_length})")  # fmt: skip
     parser.add_argument("--remasking", default=None, choices=("low_confidence", "random"),
                         help=f"LLaDA: which masks to reveal first (default {Mdm.remasking})")  # fmt: skip
-    parser.add_argument("--seed", type=int, default=0, help="seed of every random draw (default 0)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of every random draw (default 0); sample j of prompt i draws from its own "
+                        "stream keyed by (seed, i, j), so it does not depend on the other prompts")  # fmt: skip
     parser.add_argument("--num-samples", type=at_least(1), default=1, help="samples per prompt (default 1)")
     add_prompt_template_argument(parser)
     parser.add_argument("--trace-png", default=None, help="FlexMDM: plot length / clean tokens per step here")
@@ -89,6 +91,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="FlexMDM: cap on prompt + generation tokens (default: the model's canvas width; "
                         "at most its max_sequence_length)")  # fmt: skip
     parser.add_argument("--no-chat-template", action="store_true", help="same as --prompt-template plain")
+    parser.add_argument("--batch-size", type=at_least(1), default=None,
+                        help="rows (prompt x sample) per sampler call, grouped by prompt length (default: all "
+                        "in one call); the samples do not depend on it")  # fmt: skip
 
 
 def read_prompts(path: str | Path) -> list[str]:
@@ -161,22 +166,55 @@ def report(out: Any, tokenizer: Any, labels: list[str], args: argparse.Namespace
         Path(args.output).write_text("".join(json.dumps(r) + "\n" for r in rows))
     if args.trace_png:
         if out.trace is None:
-            print(f"--trace-png: the {kind} sampler records no trace; nothing plotted", file=sys.stderr)
+            why = "records no trace" if kind != "flexmdm" else "keeps a trace only without --batch-size"
+            print(f"--trace-png: the {kind} sampler {why}; nothing plotted", file=sys.stderr)
         else:
             from retrofit.sampling.trace import plot_trace
 
             print(f"trace plot: {plot_trace(out.trace, args.trace_png)}", file=sys.stderr)
 
 
-def run(args: argparse.Namespace) -> int:
-    """Generate and print; returns 0, or 1 with a message on stderr."""
+def sample_in_batches(sampler: Any, prompts: list[list[int]], num_samples: int, seed: int,
+                      batch_size: int | None) -> Any:  # fmt: skip
+    """``sampler.sample(prompts, num_samples, seed=seed)``, in length-sorted calls of at most
+    ``batch_size`` rows (None: one call). Row (prompt i, sample j) is keyed by (seed, i, j) either
+    way, so the samples are the same; a trace is kept only from a single call.
+
+    Returns:
+        a SampleOutput with the rows in prompt-major order.
+    """
     import torch
 
+    from retrofit.evaluation.generation import length_sorted_batches
+    from retrofit.sampling.draws import row_seeds
+    from retrofit.sampling.trace import SampleOutput
+
+    n_rows = len(prompts) * num_samples
+    if batch_size is None or batch_size >= n_rows:
+        return sampler.sample(prompts, num_samples, seed=seed)
+    rows = [p for p in prompts for _ in range(num_samples)]
+    keys = row_seeds(seed, list(range(len(prompts))), num_samples)
+    parts: dict[int, tuple] = {}
+    passes = 0
+    for idx in length_sorted_batches([len(r) for r in rows], batch_size):
+        out = sampler.sample([rows[i] for i in idx], row_keys=[keys[i] for i in idx])
+        passes += out.num_forward_passes
+        for k, i in enumerate(idx):
+            parts[i] = (out.sequences[k], out.generated[k], int(out.prompt_lengths[k]),
+                        int(out.suffix_lengths[k]), int(out.dropped_insertions[k]))  # fmt: skip
+    seqs, gen, pre, suf, dropped = (list(col) for col in zip(*(parts[i] for i in range(n_rows))))
+    as_tensor = lambda xs: torch.tensor(xs, dtype=torch.long)  # noqa: E731
+    return SampleOutput(seqs, gen, as_tensor([len(x) for x in seqs]), as_tensor(pre), as_tensor(suf),
+                        as_tensor(dropped), passes)  # fmt: skip
+
+
+def run(args: argparse.Namespace) -> int:
+    """Generate and print; returns 0, or 1 with a message on stderr."""
     try:
         texts = args.prompt or read_prompts(args.prompts_file)
         sampler, tokenizer, kind = load_sampler(args, max_length=args.max_length)
         prompts = [encode_prompt(tokenizer, t) for t in texts]
-        out = sampler.sample(prompts, args.num_samples, torch.Generator().manual_seed(args.seed))
+        out = sample_in_batches(sampler, prompts, args.num_samples, args.seed, args.batch_size)
     except (FileNotFoundError, ValueError) as e:
         print(f"retrofit generate: error: {e}", file=sys.stderr)
         return 1

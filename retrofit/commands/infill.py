@@ -43,23 +43,20 @@ def _unescape(text: str) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Infill and print the middle(s); returns 0, or 1 with a message on stderr."""
-    import torch
-
     from retrofit.data.infill_format import encode_segments, infill_prompt_ids
 
     prefix, suffix = args.prefix, args.suffix
     if not args.no_unescape:
         prefix, suffix = _unescape(prefix), _unescape(suffix)
-    generator = torch.Generator().manual_seed(args.seed)
     try:
         sampler, tokenizer, kind = load_sampler(args, max_middle=args.max_middle)
         if kind == "flexmdm":
             pre_ids, suf_ids = infill_prompt_ids(tokenizer, prefix, suffix)
-            out = sampler.infill([pre_ids], [suf_ids], args.num_samples, generator)
+            out = sampler.infill([pre_ids], [suf_ids], args.num_samples, seed=args.seed)
         else:
             pre_ids, suf_ids = encode_segments(tokenizer, [prefix]), encode_segments(tokenizer, [suffix])
             out = sampler.infill(
-                [pre_ids], [suf_ids], args.num_samples, generator, middle_length=args.middle_length
+                [pre_ids], [suf_ids], args.num_samples, seed=args.seed, middle_length=args.middle_length
             )
     except (FileNotFoundError, ValueError) as e:
         print(f"retrofit infill: error: {e}", file=sys.stderr)

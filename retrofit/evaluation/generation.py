@@ -2,9 +2,19 @@
 
 `TextGenerator` wraps a FlexMDM (`FlexMDMSampler`, variable length) or a LLaDA baseline
 (`MDMSampler`, fixed canvas) with its tokenizer: text prompts -> `Completion`s, in batches,
-seeded per batch, with stop strings honoured (the decoded text is cut at the first stop string)
-and stop tokens honoured (ids are cut at the first EOS / `<|eot_id|>`). Prompts are tokenized
-with `add_special_tokens=False`, as in training (the chat template writes BOS itself).
+with stop strings honoured (the decoded text is cut at the first stop string) and stop tokens
+honoured (ids are cut at the first EOS / `<|eot_id|>`). Prompts are tokenized with
+`add_special_tokens=False`, as in training (the chat template writes BOS itself).
+
+Batch independence: row (example e, sample j) draws from its own stream keyed by
+`row_seed(seed, e, j)`, where e is the example's identity given by the caller (its index in the
+evaluated set; default its index in the call), and both samplers left-align rows. So a
+completion does not depend on `batch_size`, on the order of the prompts, or on how many
+processes share the set (up to float rounding of batched forward passes, which changes a draw
+only at an exact near-tie). Rows are sorted by prompt length before they are cut into batches,
+and the completions are returned in the callers' order: a batch's width is set by its longest
+row (LLaDA: longest prompt + gen_length; FlexMDM: longest current row), so grouping similar
+lengths keeps the pad that short rows carry small, and it costs nothing in reproducibility.
 
 Response length (for `retrofit eval length`): the number of generated ids before the first stop
 token. For FlexMDM that is the length the model chose; for LLaDA it is the position of the first
@@ -12,13 +22,13 @@ EOS in its fixed canvas (the whole canvas if it has none).
 
 Example:
     >>> gen = TextGenerator.from_model_dir("runs/flexmdm-ift", steps=256, batch_size=8)
-    >>> gen.generate([prompt_text], stop=["</answer>"], seed=0)[0].text
+    >>> gen.generate([prompt_text], stop=["</answer>"], seed=0, example_ids=[41])[0].text
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
+import operator
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,14 +68,11 @@ def cut_at_stop_ids(ids: Sequence[int], stop_ids: set[int]) -> list[int]:
     return list(ids)
 
 
-def batch_seed(seed: int, batch_index: int) -> int:
-    """Seed of one batch's torch.Generator: a 63-bit hash of (seed, batch_index)."""
-    digest = hashlib.blake2b(f"{seed}/{batch_index}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") & ((1 << 63) - 1)
-
-
-def _chunks(n: int, size: int) -> list[range]:
-    return [range(i, min(i + size, n)) for i in range(0, n, size)]
+def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+    """Row indices sorted by length (stable: ties keep their order), cut into batches of
+    `batch_size`. Example: lengths [5, 1, 3, 1], batch 2 -> [[1, 3], [2, 0]]."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
 @dataclass
@@ -168,6 +175,8 @@ class TextGenerator:
         seed: int = 0,
         max_new_tokens: int | None = None,
         truncate_left: bool = False,
+        example_ids: Sequence[int] | None = None,
+        first_samples: Sequence[int] | None = None,
     ) -> list[Completion]:
         """Continue each prompt `num_samples` times (rows prompt-major).
 
@@ -175,37 +184,50 @@ class TextGenerator:
             prompts: prompt texts (already in the model's format, e.g. gsm8k_format.build_prompt).
             stop: stop strings; each completion's text is cut at the earliest one.
             num_samples: completions per prompt.
-            seed: base seed; batch i uses torch.Generator().manual_seed(batch_seed(seed, i)).
+            seed: base seed; row (prompt i, sample j) draws from `row_seed(seed, example_ids[i], j)`.
             max_new_tokens: keep at most this many generated ids (None = all). The samplers'
                 own caps are FlexMDMSamplerConfig.max_length and MDMSamplerConfig.gen_length.
             truncate_left: drop the oldest prompt tokens beyond `prompt_budget(max_new_tokens)`
                 (as lm-eval's HF model does) instead of letting the sampler reject the prompt.
+            example_ids: each prompt's identity (its index in the evaluated set, whatever the
+                rank or batch); None = 0, 1, ... in this call.
+            first_samples: each prompt's first sample number (default 0): a caller that passes
+                one prompt several times (lm-eval's repeats) gives the copies 0, 1, ...
 
         Returns:
-            len(prompts) * num_samples completions.
+            len(prompts) * num_samples completions, in the order of `prompts` (prompt-major).
+
+        Raises:
+            ValueError: example_ids does not hold one integer per prompt.
         """
         budget = self.prompt_budget(max_new_tokens) if truncate_left else None
-        rows = [
-            self.encode(p)[-budget:] if budget else self.encode(p)
-            for p in prompts
-            for _ in range(num_samples)
-        ]
+        encoded = [self.encode(p)[-budget:] if budget else self.encode(p) for p in prompts]
+        rows = [ids for ids in encoded for _ in range(num_samples)]
+        keys = _row_keys(len(prompts), num_samples, seed, example_ids, first_samples)
 
-        def run(idx: range, gen: torch.Generator):
-            return self.sampler.sample([rows[i] for i in idx], generator=gen)
+        def run(idx: list[int]):
+            return self.sampler.sample([rows[i] for i in idx], row_keys=[keys[i] for i in idx])
 
-        return self._batched(len(rows), run, stop, seed, max_new_tokens)
+        return self._batched([len(r) for r in rows], run, stop, max_new_tokens)
 
     def infill(
-        self, prefixes: Sequence[str], suffixes: Sequence[str], *, num_samples: int = 1, seed: int = 0
+        self,
+        prefixes: Sequence[str],
+        suffixes: Sequence[str],
+        *,
+        num_samples: int = 1,
+        seed: int = 0,
+        example_ids: Sequence[int] | None = None,
     ) -> list[Completion]:
         """Fill the middle between each prefix and suffix (`num_samples` per pair, prompt-major).
 
         FlexMDM: boundary format, prefix + B and B + suffix, variable-length middle (spec §4.4,
         §6.2). LLaDA: its FIM format with a fixed budget of `gen_length` tokens, cut at EOS.
+        seed, example_ids: as in `generate` (one id per pair). Rows are sorted by prefix +
+        suffix length into batches.
 
         Raises:
-            ValueError: the two lists differ in length.
+            ValueError: the two lists differ in length, or bad example_ids.
         """
         from retrofit.data.infill_format import encode_segments, infill_prompt_ids
 
@@ -217,21 +239,24 @@ class TextGenerator:
             pairs = [(encode_segments(self.tokenizer, [p]), encode_segments(self.tokenizer, [s]))
                      for p, s in zip(prefixes, suffixes)]  # fmt: skip
         rows = [pair for pair in pairs for _ in range(num_samples)]
+        keys = _row_keys(len(pairs), num_samples, seed, example_ids)
 
-        def run(idx: range, gen: torch.Generator):
-            return self.sampler.infill([rows[i][0] for i in idx], [rows[i][1] for i in idx], generator=gen)
+        def run(idx: list[int]):
+            return self.sampler.infill([rows[i][0] for i in idx], [rows[i][1] for i in idx],
+                                       row_keys=[keys[i] for i in idx])  # fmt: skip
 
-        return self._batched(len(rows), run, (), seed)
+        return self._batched([len(p) + len(s) for p, s in rows], run, ())
 
     def _batched(
-        self, n: int, run: Callable, stop: Sequence[str], seed: int, max_new_tokens: int | None = None
+        self, lengths: list[int], run: Callable, stop: Sequence[str], max_new_tokens: int | None = None
     ) -> list[Completion]:
-        out: list[Completion] = []
-        for b, idx in enumerate(_chunks(n, self.batch_size)):
-            gen = torch.Generator().manual_seed(batch_seed(seed, b))
-            result = run(idx, gen)
+        """`run(row indices)` on length-sorted batches; completions in row order."""
+        out: list[Completion | None] = [None] * len(lengths)
+        for idx in length_sorted_batches(lengths, self.batch_size):
+            result = run(idx)
             self.forward_passes += int(result.num_forward_passes)
-            out.extend(self._completion(ids[:max_new_tokens], stop) for ids in result.generated)
+            for i, ids in zip(idx, result.generated):
+                out[i] = self._completion(ids[:max_new_tokens], stop)
         return out
 
     def _completion(self, ids: list[int], stop: Sequence[str]) -> Completion:
@@ -243,6 +268,37 @@ class TextGenerator:
         """EOS and `<|eot_id|>` ids of the tokenizer (those that exist)."""
         ids = {self.tokenizer.eos_token_id, self.tokenizer.get_vocab().get("<|eot_id|>")}
         return {int(i) for i in ids if i is not None}
+
+
+def _row_keys(
+    num_prompts: int,
+    num_samples: int,
+    seed: int,
+    example_ids: Sequence[int] | None,
+    first_samples: Sequence[int] | None = None,
+) -> list[int]:
+    """Key of row (prompt i, sample j): row_seed(seed, example_ids[i], first_samples[i] + j).
+
+    Raises:
+        ValueError: a list does not hold one integer per prompt.
+    """
+    from retrofit.sampling.draws import row_seed
+
+    ids = _int_list(range(num_prompts) if example_ids is None else example_ids, num_prompts, "example_ids")
+    firsts = _int_list(
+        [0] * num_prompts if first_samples is None else first_samples, num_prompts, "first_samples"
+    )
+    return [row_seed(seed, e, f + j) for e, f in zip(ids, firsts) for j in range(num_samples)]
+
+
+def _int_list(values: Sequence[int], n: int, name: str) -> list[int]:
+    values = list(values)
+    if len(values) != n:
+        raise ValueError(f"{name}: {len(values)} values for {n} prompts; pass one integer per prompt")
+    try:
+        return [operator.index(v) for v in values]
+    except TypeError:
+        raise ValueError(f"{name} must be integers, got {values[:4]}") from None
 
 
 def load_model_dir(

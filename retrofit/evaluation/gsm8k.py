@@ -6,7 +6,8 @@ is generated with `TextGenerator` (stopping at "</answer>"), the answer is read 
 `answers.extract_answer` and compared with the number after "####". Writes `samples.jsonl`
 (prompt, generation, extracted answer, gold, correct, tokens) and `results.json` (accuracy and
 its standard error, config, model hash, sampler settings, timings). Under `accelerate launch`
-each rank answers questions[rank::world] and rank 0 writes the files.
+each rank answers questions[rank::world] and rank 0 writes the files; question i's sample is
+keyed by (seed, i), so it is the same for any --batch-size and any number of processes.
 
 The lm-eval path (`via_lm_eval=True`) runs the `gsm8k_flexmdm` task (with the chat template)
 and lm-eval's stock few-shot `gsm8k` through `simple_evaluate` (see lm_eval_runner).
@@ -25,7 +26,7 @@ from typing import Any
 
 from retrofit.data.gsm8k_format import REASONING_OPEN, build_prompt, build_target, load_gsm8k, user_turn
 from retrofit.evaluation.answers import extract_answer, is_correct, parse_gold
-from retrofit.evaluation.generation import TextGenerator, batch_seed, gather_to_main, rank_and_world
+from retrofit.evaluation.generation import TextGenerator, gather_to_main, rank_and_world
 from retrofit.evaluation.passk import mean_and_stderr
 from retrofit.evaluation.results import write_results
 
@@ -96,7 +97,8 @@ def run_gsm8k(
         limit: first N questions (None = all 1319).
         num_fewshot: K solved train examples before each question (same K for all, drawn with
             `seed`); 0 = the paper's zero-shot protocol.
-        seed: sampling seed (per-batch generators derive from it) and the shot draw.
+        seed: sampling seed and the shot draw; question i draws from row_seed(seed, i, 0), so its
+            answer does not depend on the batch size or the number of processes.
         data_dir: local data folder (default env RETROFIT_DATA_DIR, else the Hub).
         split: GSM8K split to evaluate.
 
@@ -110,7 +112,7 @@ def run_gsm8k(
     rank, world = rank_and_world()
     mine = list(range(len(rows)))[rank::world]
     t_gen = time.monotonic()
-    done = generator.generate([prompts[i] for i in mine], stop=STOP, seed=batch_seed(seed, rank))
+    done = generator.generate([prompts[i] for i in mine], stop=STOP, seed=seed, example_ids=mine)
     gen_s = time.monotonic() - t_gen
     gathered = gather_to_main([(i, c.text, c.num_tokens) for i, c in zip(mine, done)], world)
     passes = gather_to_main([generator.forward_passes], world)

@@ -10,9 +10,11 @@ token count under the model's tokenizer.
 
 The generator is injected as a function, so the runner is testable without a model:
 
-    infill_fn(prefixes: list[str], suffixes: list[str], num_samples: int, seed: int) -> list[Completion]
+    infill_fn(prefixes: list[str], suffixes: list[str], num_samples: int, seed: int,
+              example_ids: list[int]) -> list[Completion]
 
-(num_samples completions per pair, pair-major). Under `accelerate launch` rank r takes
+(num_samples completions per pair, pair-major; example_ids = the tasks' indices in the benchmark,
+so sample j of task i is keyed by (seed, i, j) whatever the chunk, batch or rank). Under `accelerate launch` rank r takes
 tasks[r::world], executes its own completions, and rank 0 gathers and writes the files.
 
 Example:
@@ -28,13 +30,13 @@ from typing import Any
 
 import numpy as np
 
-from retrofit.evaluation.generation import Completion, batch_seed, gather_to_main, rank_and_world
+from retrofit.evaluation.generation import Completion, gather_to_main, rank_and_world
 from retrofit.evaluation.humaneval_data import read_problems
 from retrofit.evaluation.passk import mean_and_stderr, pass_at_k
 from retrofit.evaluation.results import write_results
 from retrofit.evaluation.sandbox import evaluate_completions, sandbox_info
 
-InfillFn = Callable[[list[str], list[str], int, int], list[Completion]]
+InfillFn = Callable[[list[str], list[str], int, int, list[int]], list[Completion]]
 DETAIL_CHARS = 300
 
 
@@ -88,15 +90,16 @@ def generate_middles(
 ) -> list[Completion]:
     """Completions for `problems` in chunks of `chunk` tasks (num_samples each, task-major).
 
-    Chunk c is seeded with batch_seed(seed, offsets[first task of c]) so a task's draws do not
-    depend on how many processes share the work. Prints progress and an ETA after each chunk.
+    `offsets[k]` is problem k's index in the benchmark, passed on as its example id, so a task's
+    draws do not depend on the chunking or on how many processes share the work. Prints progress
+    and an ETA after each chunk.
     """
     out: list[Completion] = []
     start = time.monotonic()
     for lo in range(0, len(problems), chunk):
         part = problems[lo : lo + chunk]
-        out.extend(infill_fn([p["prompt"] for p in part], [p["suffix"] for p in part], num_samples,
-                             batch_seed(seed, offsets[lo])))  # fmt: skip
+        out.extend(infill_fn([p["prompt"] for p in part], [p["suffix"] for p in part], num_samples, seed,
+                             list(offsets[lo : lo + chunk])))  # fmt: skip
         done = lo + len(part)
         eta = (time.monotonic() - start) / done * (len(problems) - done)
         print(f"humaneval-infill: {done}/{len(problems)} tasks generated, ETA {_duration(eta)}", flush=True)

@@ -83,13 +83,18 @@ def prompt_text(row: dict[str, Any], tokenizer: Any) -> str:
 def model_lengths(
     generator: TextGenerator, rows: list[dict], mode: str, num_samples: int, seed: int
 ) -> list[int]:
-    """Generated response lengths (tokens): one per row of rows[:num_samples], or num_samples unconditional."""
+    """Generated response lengths (tokens): one per row of rows[:num_samples], or num_samples unconditional.
+
+    Row i is keyed by (seed, i, 0) (per-prompt) and unconditional sample j by (seed, 0, j), so the
+    lengths do not depend on the generator's batch size."""
     if mode not in MODES:
         raise ValueError(f"length mode must be one of {MODES}, got {mode!r}")
     if mode == "per-prompt":
         prompts = [prompt_text(r, generator.tokenizer) for r in rows[:num_samples]]
-        return [c.num_tokens for c in generator.generate(prompts, seed=seed)]
-    return [c.num_tokens for c in generator.generate([""], num_samples=num_samples, seed=seed)]
+        return [c.num_tokens for c in generator.generate(prompts, seed=seed, example_ids=range(len(prompts)))]
+    return [
+        c.num_tokens for c in generator.generate([""], num_samples=num_samples, seed=seed, example_ids=[0])
+    ]
 
 
 def run_length(

@@ -9,7 +9,10 @@ instance to `simple_evaluate`.
   the first stop string of the request's `until`; ids at the first EOS / EoT; at most
   `max_gen_toks` tokens are kept; contexts longer than the sampler allows lose their oldest
   tokens, as in lm-eval's HF model). The request's `temperature` / `do_sample` are not read:
-  sampling settings come from `--model_args` (e.g. `temperature=0`).
+  sampling settings come from `--model_args` (e.g. `temperature=0`). Each request draws from
+  its own stream keyed by `seed` and its identity (`request_identity`: task, doc_id, idx, and
+  the copy number of lm-eval's repeats), so a text does not depend on batch size, request order
+  or the number of processes.
 * `loglikelihood`: -(MC ELBO) of the continuation given the context: LLaDA's stratified
   estimator for LLaDA (spec §4.10), the FlexMDM bound for FlexMDM (spec §3.4); `is_greedy` from
   one-shot argmax decoding of the masked continuation. Every request uses a fresh generator
@@ -29,7 +32,8 @@ Example:
 
 from __future__ import annotations
 
-from collections import defaultdict
+import hashlib
+from collections import Counter, defaultdict
 from typing import Any, ClassVar
 
 import torch
@@ -46,7 +50,20 @@ from retrofit.evaluation.generation import (
 from retrofit.evaluation.likelihood import flexmdm_nll, greedy_match, llada_nll
 from retrofit.sampling.load import make_sampler
 
-__all__ = ["FlexMDMLM", "LLaDALM", "RetrofitLM"]
+__all__ = ["FlexMDMLM", "LLaDALM", "RetrofitLM", "request_identity"]
+
+
+def request_identity(request: Any, position: int) -> int:
+    """A stable integer identity of an lm-eval request: a mix of its (task_name, doc_id, idx),
+    the same on every rank and in every batch; `position` (its index in the list) when the
+    request carries no doc_id (requests built by hand)."""
+    from retrofit.sampling.draws import row_seed
+
+    doc_id = getattr(request, "doc_id", None)
+    if doc_id is None:
+        return int(position)
+    digest = hashlib.blake2b(str(getattr(request, "task_name", "")).encode(), digest_size=8).digest()
+    return row_seed(int.from_bytes(digest, "little"), int(doc_id), int(getattr(request, "idx", 0) or 0))
 
 
 def _as_int(value: Any, default: int) -> int:
@@ -132,8 +149,17 @@ class RetrofitLM(LM):
 
     # ------------------------------------------------------------------------- generation
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
-        """Texts for `(context, gen_kwargs)` requests, in request order (see module docstring)."""
+        """Texts for `(context, gen_kwargs)` requests, in request order (see module docstring).
+
+        Request i is example `request_identity(request, i)`; the k-th copy of one request (lm-eval
+        passes a request `repeats` times) is its sample k."""
         groups: dict[tuple, list[int]] = defaultdict(list)
+        identities = [request_identity(r, i) for i, r in enumerate(requests)]
+        seen: Counter = Counter()
+        copies = []
+        for identity in identities:
+            copies.append(seen[identity])
+            seen[identity] += 1
         for i, request in enumerate(requests):
             kwargs = dict(request.args[1] or {})
             until = kwargs.get("until") or [self.tokenizer.decode([self.tokenizer.eos_token_id])]
@@ -143,8 +169,9 @@ class RetrofitLM(LM):
         for (until, max_gen), idx in groups.items():
             contexts = [requests[i].args[0] for i in idx]
             completions = self.generator.generate(
-                contexts, stop=until, seed=self.seed, max_new_tokens=max_gen, truncate_left=True
-            )
+                contexts, stop=until, seed=self.seed, max_new_tokens=max_gen, truncate_left=True,
+                example_ids=[identities[i] for i in idx], first_samples=[copies[i] for i in idx],
+            )  # fmt: skip
             for i, completion in zip(idx, completions):
                 out[i] = completion.text
                 self.cache_hook.add_partial("generate_until", requests[i].args, completion.text)

@@ -14,8 +14,9 @@ Each task's models are reloaded from disk (`retrofit.sampling.load.load_model`) 
   segment (`MDMSampler.infill` with template ``middles``), padding with EOS as LLaDA does.
   Both decode greedily (temperature 0, most confident first).
 
-Every draw comes from one generator seeded per (task, model, seed, batch), so a run is
-reproducible.
+Every row draws from its own stream keyed by (seed, case index, 0): a brackets sample's index in
+0..n-1, a maze's index in the test cases, so a case's sample does not depend on the batch size or
+on how the cases are grouped (``_base_seed`` mixes the run seed first).
 """
 
 from __future__ import annotations
@@ -23,18 +24,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import torch
-
 from retrofit.repro import maze as maze_task
 from retrofit.repro import maze_words
 
 __all__ = ["sample_brackets", "sample_mazes"]
 
 
-def _generator(*parts: int) -> torch.Generator:
+def _base_seed(seed: int) -> int:
     from retrofit.time_sampling import derive_seed
 
-    return torch.Generator().manual_seed(derive_seed("repro", *parts))
+    return derive_seed("repro", seed)
 
 
 def _words(tokenizer: Any, ids: Sequence[int]) -> list[str]:
@@ -61,18 +60,18 @@ def sample_brackets(
     from retrofit.sampling import FlexMDMSampler, FlexMDMSamplerConfig, MDMSampler, MDMSamplerConfig
 
     texts: list[str] = []
-    for k, start in enumerate(range(0, n, batch)):
+    for start in range(0, n, batch):
         rows = min(batch, n - start)
-        gen = _generator(seed, k)
+        ids = dict(seed=_base_seed(seed), example_ids=list(range(start, start + rows)))
         if kind == "flexmdm":
             config = FlexMDMSamplerConfig(
                 steps=steps, max_length=canvas, confidence="random", temperature=1.0
             )
-            out = FlexMDMSampler(model, config).sample(None, num_samples=rows, generator=gen)
+            out = FlexMDMSampler(model, config).sample([[] for _ in range(rows)], **ids)
         else:
             config = MDMSamplerConfig(gen_length=canvas, block_length=canvas, steps=steps, temperature=1.0,
                                       remasking="random")  # fmt: skip
-            out = MDMSampler(model, config, tokenizer).sample([[]], num_samples=rows, generator=gen)
+            out = MDMSampler(model, config, tokenizer).sample([[] for _ in range(rows)], **ids)
         texts += ["".join(w if len(w) == 1 else "?" for w in _words(tokenizer, ids)) for ids in out.generated]
     return texts
 
@@ -107,12 +106,12 @@ def sample_mazes(
     paths: list[list[tuple[int, int]] | None] = [None] * len(mazes)
     order = sorted(range(len(mazes)), key=lambda i: mazes[i].level)
     chunks = [order[i : i + batch] for i in range(0, len(order), batch)]
-    for k, idx in enumerate(chunks):
+    for idx in chunks:
         level_groups: dict[str, list[int]] = {}
         for i in idx:
             level_groups.setdefault(mazes[i].level, []).append(i)
-        for j, group in enumerate(level_groups.values()):
-            gen = _generator(seed, k, j)
+        for group in level_groups.values():
+            ids = dict(seed=_base_seed(seed), example_ids=list(group))
             prompts = [_ids(tokenizer, maze_words.prompt_words(mazes[i])) for i in group]
             if kind == "flexmdm":  # start ends the fixed prefix, goal is the suffix: insert only between
                 points = [_ids(tokenizer, [maze_words.cell_word(p, False) for p in maze_task.waypoints(mazes[i])])
@@ -122,8 +121,8 @@ def sample_mazes(
                 out = FlexMDMSampler(model, config).infill(
                     [p + w[:1] for p, w in zip(prompts, points)],
                     [w[-1:] for w in points],
-                    generator=gen,
                     middles=[w[1:-1] for w in points],
+                    **ids,
                 )
                 out.generated[:] = [w[:1] + ids + w[-1:] for w, ids in zip(points, out.generated)]
             else:
@@ -133,7 +132,7 @@ def sample_mazes(
                 config = MDMSamplerConfig(gen_length=canvas, block_length=canvas, steps=steps, temperature=0.0,
                                           remasking="low_confidence", stop_at_eos=False)  # fmt: skip
                 out = MDMSampler(model, config, tokenizer).infill(
-                    prompts, [[] for _ in group], generator=gen, middles=templates
+                    prompts, [[] for _ in group], middles=templates, **ids
                 )
                 out.generated[:] = [ids[: len(words[0])] for ids in out.generated]
             for i, ids in zip(group, out.generated):

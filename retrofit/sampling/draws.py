@@ -97,22 +97,31 @@ def seed_from_generator(generator: torch.Generator | None) -> int:
 def resolve_row_keys(
     num_prompts: int,
     num_samples: int,
-    *,
     generator: torch.Generator | None = None,
     seed: int | None = None,
     example_ids: list[int] | None = None,
+    row_keys: list[int] | None = None,
 ) -> list[int]:
     """Row keys of a sampler call with ``num_prompts`` prompts x ``num_samples`` (prompt-major).
 
-    Row (prompt i, sample j) gets ``row_seed(seed, example_ids[i], j)``. ``seed`` None: one seed
+    ``row_keys`` given: used as they are (one per row, e.g. ``row_seeds`` of a caller that
+    batches rows of several examples and samples itself). Otherwise row (prompt i, sample j)
+    gets ``row_seed(seed, example_ids[i], j)``. ``seed`` None: one seed
     is drawn from ``generator`` (None: torch's global RNG), so a seeded generator still gives a
     reproducible call. ``example_ids`` None: the prompt's index in this call (0, 1, ...): rows are
     then independent of each other's content but not of their position in the call; pass the
     example's index in its data set to make a row's draws independent of how it was batched.
 
     Raises:
-        ValueError: len(example_ids) != num_prompts, a non-integer id, or num_samples < 1.
+        ValueError: len(example_ids) != num_prompts, a non-integer id, num_samples < 1, or
+            len(row_keys) != num_prompts * num_samples.
     """
+    if row_keys is not None:
+        if len(row_keys) != num_prompts * num_samples:
+            raise ValueError(
+                f"row_keys: {len(row_keys)} keys for {num_prompts} prompts x {num_samples} samples"
+            )
+        return [int(k) for k in row_keys]
     ids = list(range(num_prompts)) if example_ids is None else list(example_ids)
     if len(ids) != num_prompts:
         raise ValueError(f"example_ids: {len(ids)} ids for {num_prompts} prompts; pass one id per prompt")

@@ -98,6 +98,7 @@ class FlexMDMSampler:
         *,
         seed: int | None = None,
         example_ids: list[int] | None = None,
+        row_keys: list[int] | None = None,
     ) -> SampleOutput:
         """Generate continuations of ``prompts`` (or from nothing), each ``num_samples`` times.
 
@@ -111,6 +112,8 @@ class FlexMDMSampler:
                 keyed by (seed, example_ids[i], j) (:func:`~retrofit.sampling.draws.row_seed`).
             example_ids: one integer identity per prompt (e.g. its index in the evaluated set);
                 None = 0, 1, ... in call order.
+            row_keys: explicit stream keys, one per row (prompt-major; ``draws.row_seeds``);
+                override generator / seed / example_ids (for callers that batch rows themselves).
 
         Returns:
             SampleOutput; ``generated`` holds the tokens after the prompt.
@@ -120,9 +123,7 @@ class FlexMDMSampler:
                 not hold one integer per prompt.
         """
         prompts = [[]] if prompts is None else prompts
-        keys = resolve_row_keys(
-            len(prompts), num_samples, generator=generator, seed=seed, example_ids=example_ids
-        )
+        keys = resolve_row_keys(len(prompts), num_samples, generator, seed, example_ids, row_keys)
         rows = repeat_rows(prompts, num_samples)
         cap = self.config.max_length
         too_long = [len(p) for p in rows if len(p) > cap]
@@ -143,6 +144,7 @@ class FlexMDMSampler:
         *,
         seed: int | None = None,
         example_ids: list[int] | None = None,
+        row_keys: list[int] | None = None,
     ) -> SampleOutput:
         """Fill the middle between each prefix and suffix; the model picks its length (spec §4.4).
 
@@ -171,9 +173,7 @@ class FlexMDMSampler:
             raise ValueError(
                 f"infill: {len(prefixes)} prefixes, {len(suffixes)} suffixes and {len(middles)} middles"
             )
-        keys = resolve_row_keys(
-            len(prefixes), num_samples, generator=generator, seed=seed, example_ids=example_ids
-        )
+        keys = resolve_row_keys(len(prefixes), num_samples, generator, seed, example_ids, row_keys)
         pre, suf = repeat_rows(prefixes, num_samples), repeat_rows(suffixes, num_samples)
         mid = repeat_rows(middles, num_samples)
         caps = [len(p) + len(m) + len(s) + self.config.max_middle for p, m, s in zip(pre, mid, suf)]

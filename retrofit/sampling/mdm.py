@@ -88,6 +88,7 @@ class MDMSampler:
         *,
         seed: int | None = None,
         example_ids: list[int] | None = None,
+        row_keys: list[int] | None = None,
     ) -> SampleOutput:
         """Generate ``gen_length`` tokens after each prompt (``num_samples`` rows per prompt).
 
@@ -100,6 +101,8 @@ class MDMSampler:
                 draws from its own stream keyed by (seed, example_ids[i], j).
             example_ids: one integer identity per prompt (e.g. its index in the evaluated set);
                 None = 0, 1, ... in call order.
+            row_keys: explicit stream keys, one per row (prompt-major; ``draws.row_seeds``);
+                override generator / seed / example_ids (for callers that batch rows themselves).
 
         Returns:
             SampleOutput; ``generated`` is cut at the first EOS when stop_at_eos.
@@ -107,9 +110,7 @@ class MDMSampler:
         Raises:
             ValueError: no prompts, or example_ids does not hold one integer per prompt.
         """
-        keys = resolve_row_keys(
-            len(prompts), num_samples, generator=generator, seed=seed, example_ids=example_ids
-        )
+        keys = resolve_row_keys(len(prompts), num_samples, generator, seed, example_ids, row_keys)
         rows = repeat_rows(prompts, num_samples)
         return self._generate(rows, [[] for _ in rows], self.config, keys)
 
@@ -124,9 +125,10 @@ class MDMSampler:
         *,
         seed: int | None = None,
         example_ids: list[int] | None = None,
+        row_keys: list[int] | None = None,
     ) -> SampleOutput:
-        """Fill between prefix and suffix ids (generator, seed, example_ids as in :meth:`sample`,
-        one id per problem).
+        """Fill between prefix and suffix ids (generator, seed, example_ids, row_keys as in
+        :meth:`sample`, one id per problem).
 
         ``middle_length=None``: the baseline FIM format (spec §1.7, §6.2): prompt = instruction ‖
         ``<prefix>`` ‖ prefix ‖ ``</prefix>`` ‖ ``<suffix>`` ‖ suffix ‖ ``</suffix>`` (each
@@ -144,9 +146,7 @@ class MDMSampler:
         """
         if len(prefixes) != len(suffixes):
             raise ValueError(f"infill: {len(prefixes)} prefixes but {len(suffixes)} suffixes")
-        keys = resolve_row_keys(
-            len(prefixes), num_samples, generator=generator, seed=seed, example_ids=example_ids
-        )
+        keys = resolve_row_keys(len(prefixes), num_samples, generator, seed, example_ids, row_keys)
         pre, suf = repeat_rows(prefixes, num_samples), repeat_rows(suffixes, num_samples)
         if middles is not None:
             mid = repeat_rows(middles, num_samples)
