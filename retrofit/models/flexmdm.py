@@ -29,7 +29,7 @@ from transformers.utils import ModelOutput
 
 from retrofit.models.length_head import LengthHead
 from retrofit.models.llada import LLaDAConfig, LLaDAModelLM
-from retrofit.models.prefix_cache import PrefixCache, check_inference_only
+from retrofit.models.prefix_cache import PrefixCache, as_prefix_len, check_inference_only
 from retrofit.models.time_embedding import AdaLNModulation, SinusoidalTimeEmbedding, TimeMLP
 from retrofit.schedules import make_schedule
 
@@ -290,7 +290,8 @@ class FlexMDMModel(PreTrainedModel):
                 on the live columns plus the length-slot column ([B, L+1]), their queries
                 attending to the cached prefix keys (always valid) and to the live keys (slots
                 mode: live keys 0..m_b). Built in the same step (same canvas, same t), the
-                outputs equal the full forward's live part; reused in later steps it is
+                outputs equal the full forward's live part up to kernel rounding (bitwise for
+                most CPU shapes, else ~1e-6 in fp32); reused in later steps it is
                 Fast-dLLM's approximate cache, stale in the response and in t (the prefix keeps
                 the AdaLN modulation of the t it was built at); see retrofit.models.prefix_cache.
 
@@ -349,15 +350,7 @@ class FlexMDMModel(PreTrainedModel):
             return {}
         check_inference_only("FlexMDMModel.forward")
         if cache_prefix is not None and prefix_cache is None:
-            width = canvas.shape[1] - 1
-            if (
-                isinstance(cache_prefix, bool)
-                or not isinstance(cache_prefix, int)
-                or not 0 <= cache_prefix <= width
-            ):
-                raise ValueError(
-                    f"cache_prefix={cache_prefix!r} must be an int in 0..{width} (the input width)"
-                )
+            cache_prefix = as_prefix_len(cache_prefix, canvas.shape[1] - 1)
             if key_mask is not None:
                 shortest = int(key_mask.sum(-1).min()) - 1  # min n_b (keys 0..n_b are attended)
                 if cache_prefix > shortest:

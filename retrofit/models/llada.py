@@ -35,7 +35,7 @@ from transformers import PreTrainedModel
 from transformers.utils import ModelOutput
 
 from retrofit.models.llada_config import LLaDAConfig
-from retrofit.models.prefix_cache import PrefixCache, check_inference_only
+from retrofit.models.prefix_cache import PrefixCache, as_prefix_len, check_inference_only
 
 try:  # transformers >= 4.52: recomputation handled by the layer base class
     from transformers.modeling_layers import GradientCheckpointingLayer
@@ -297,7 +297,8 @@ class LLaDAModelLM(PreTrainedModel):
                 keys/values are cat(cached prefix, live), the live queries attend to all of
                 them, the MLP runs on live tokens only. Built from a forward on the same canvas
                 (same block_modulation), the live outputs equal the full forward's on those
-                positions (see retrofit.models.prefix_cache for exactness and staleness).
+                positions up to kernel rounding (bitwise for most CPU shapes, else ~1e-6 in
+                fp32; see retrofit.models.prefix_cache for exactness and staleness).
 
         Returns:
             LLaDAOutput with logits [B, L, V_emb] (or [N, V_emb] with `logits_mask`),
@@ -316,6 +317,8 @@ class LLaDAModelLM(PreTrainedModel):
             raise ValueError(
                 f"block_modulation has {len(block_modulation)} entries for {len(tr.blocks)} blocks"
             )
+        if cache_prefix is not None:
+            cache_prefix = as_prefix_len(cache_prefix, L)
         offset = self._check_cache_args(input_ids, attention_mask, cache_prefix, prefix_cache)
         x = tr.wte(input_ids)  # [B, L, D]
         head_dim = self.config.d_model // self.config.n_heads
@@ -383,12 +386,6 @@ class LLaDAModelLM(PreTrainedModel):
                 "(a forward of the live columns that uses it), not both"
             )
         if cache_prefix is not None:
-            if (
-                isinstance(cache_prefix, bool)
-                or not isinstance(cache_prefix, int)
-                or not 0 <= cache_prefix <= L
-            ):
-                raise ValueError(f"cache_prefix={cache_prefix!r} must be an int in 0..{L} (the input width)")
             if attention_mask is not None and not bool(attention_mask[:, :cache_prefix].bool().all()):
                 raise ValueError(
                     f"cache_prefix={cache_prefix}: attention_mask is 0 inside the first {cache_prefix} "

@@ -245,6 +245,10 @@ def test_bad_cache_arguments_raise_clear_errors() -> None:
             llada(ids, cache_prefix=31)
         with pytest.raises(ValueError, match="must be an int"):
             llada(ids, cache_prefix=2.0)
+        with pytest.raises(ValueError, match="must be an int"):
+            llada(ids, cache_prefix=True)
+        as_tensor = llada(ids, cache_prefix=torch.tensor(10)).prefix_cache  # 0-dim integer tensors work
+        assert as_tensor.prefix_len == 10 and type(as_tensor.prefix_len) is int
         with pytest.raises(ValueError, match="attention_mask is 0 inside the first 25"):
             llada(ids, attention_mask=mask, cache_prefix=25)
         with pytest.raises(ValueError, match=r"expected \(2, 4, 10, 16\)"):  # a GQA cache for an MHA model
