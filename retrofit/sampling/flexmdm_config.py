@@ -45,10 +45,12 @@ class FlexMDMSamplerConfig:
         pad_id: pad id; None = model.config.pad_token_id.
         trim: run the model on the longest current row only. None = on unless
             model.config.pad_attention == "full" (then outputs depend on the canvas width).
-        draw_at_full_width: draw every per-slot random number at the full canvas width (and
-            Poisson counts by inverse CDF), so trimmed and untrimmed runs give identical samples
-            for a seed, except where two confidences (or a CDF boundary) lie within float
-            rounding of each other; such a near-tie changes only its own row.
+        draw_at_full_width: no effect; kept so that configs and sampler_defaults that set it
+            still load. Draws are per row and per column (``draws.RowRandom``, Poisson counts by
+            inverse CDF) whatever the width, so trimmed and untrimmed runs, and a row alone or in
+            any batch, always get the same numbers; their samples agree except where two
+            confidences (or a CDF boundary) lie within float rounding of each other; such a
+            near-tie changes only its own row.
         masked_logits: compute token logits only at the slots that can be unmasked, when the
             model's forward takes ``logits_mask`` (FlexMDMModel); saves the LM head elsewhere.
         trace: record the canvas after every step (SampleOutput.trace).
