@@ -37,7 +37,9 @@ from torch import Tensor
 from retrofit.sampling.batch import accepts_argument, model_device, progress, repeat_rows
 from retrofit.sampling.draws import RowRandom, resolve_row_keys
 from retrofit.sampling.flexmdm_config import FlexMDMSamplerConfig
+from retrofit.sampling.prompt_cache import PromptCache
 from retrofit.sampling.steps import (
+    above_threshold,
     allowed_gaps,
     cap_insertions,
     confidence,
@@ -67,6 +69,7 @@ class _State:
     suf: Tensor  # protected ids at the end (suffix)
     cap: Tensor  # max length of each row
     dropped: Tensor
+    cache: PromptCache | None = None  # the run's model calls (prompt cache or plain)
 
 
 @dataclass
@@ -187,6 +190,7 @@ class FlexMDMSampler:
             raise ValueError("sampler: no prompts given (pass prompts=None for unconditional samples)")
         cfg, mask_id = self.config, self._mask_id()
         st = self._initial_state(fronts, middles, backs, caps)
+        st.cache = PromptCache(cfg.cache_period(), int(st.pre.min()))  # fronts never move
         rand = RowRandom(keys).to(st.canvas.device)
         trace = Trace() if cfg.trace else None
         if trace is not None:
@@ -249,7 +253,7 @@ class FlexMDMSampler:
             mask = editable_slots(st.lengths, st.pre, st.suf, width) & (
                 st.canvas[:, :width] == self._mask_id()
             )
-        return predict(self.model, st.canvas, st.lengths, t, width, logits_mask=mask)
+        return predict(self.model, st.canvas, st.lengths, t, width, logits_mask=mask, cache=st.cache)
 
     def _unmask(
         self, st: _State, logits: Tensor, rand: RowRandom, hazard_dt: float | None, argmax: bool = False
@@ -268,6 +272,8 @@ class FlexMDMSampler:
                 eligible = first_k_eligible(eligible, window_size(k, cfg.alpha_win, cfg.max_window, n_masks))
             conf = confidence(cfg.confidence, logits, eligible, st.lengths, rand, banned)
             chosen = select_top_k(conf, eligible, k)
+            if cfg.unmask_threshold is not None:  # also every confident slot (inside the window)
+                chosen |= above_threshold(logits, eligible, cfg.unmask_threshold, banned)
         u = rand.uniform(view.shape[0], width, view.device)
         temperature = 0.0 if argmax else cfg.temperature
         view[chosen] = draw_tokens(logits[chosen], u[chosen], temperature, cfg.top_k, cfg.top_p, banned)
@@ -304,7 +310,9 @@ class FlexMDMSampler:
         pre, suf = st.pre.cpu(), st.suf.cpu()
         seqs = [canvas[b, : int(lengths[b])].tolist() for b in range(canvas.shape[0])]
         gen = [s[int(pre[b]) : len(s) - int(suf[b])] for b, s in enumerate(seqs)]
-        return SampleOutput(seqs, gen, lengths, pre, suf, st.dropped.cpu(), passes, trace)
+        return SampleOutput(
+            seqs, gen, lengths, pre, suf, st.dropped.cpu(), passes, trace, st.cache.trunk_positions
+        )
 
     def _width(self, st: _State) -> int:
         trim = self.config.trim

@@ -6,6 +6,8 @@ import math
 from dataclasses import dataclass, fields
 from typing import Any
 
+from retrofit.sampling.fast_options import FastSamplingOptions
+
 __all__ = ["CONFIDENCE_METHODS", "FlexMDMSamplerConfig"]
 
 CONFIDENCE_METHODS = ("prob_diff", "top_prob", "entropy", "position", "random")
@@ -15,7 +17,7 @@ _FILL_MODES = ("sample", "argmax")
 
 
 @dataclass(frozen=True)
-class FlexMDMSamplerConfig:
+class FlexMDMSamplerConfig(FastSamplingOptions):
     """Settings of :class:`FlexMDMSampler` (spec §4.2-§4.6). Override with ``dataclasses.replace``.
 
     Attributes:
@@ -53,6 +55,8 @@ class FlexMDMSamplerConfig:
             near-tie changes only its own row.
         masked_logits: compute token logits only at the slots that can be unmasked, when the
             model's forward takes ``logits_mask`` (FlexMDMModel); saves the LM head elsewhere.
+        unmask_threshold, prompt_cache, cache_refresh: fast sampling
+            (`retrofit.sampling.fast_options.FastSamplingOptions`).
         trace: record the canvas after every step (SampleOutput.trace).
         progress: show a tqdm progress bar.
     """
@@ -94,9 +98,9 @@ class FlexMDMSamplerConfig:
             (self.alpha_win > 0 and self.max_window >= 1, "alpha_win must be > 0 and max_window >= 1"),
             (self.fill in _FILL_MODES, f"fill must be one of {_FILL_MODES}"),
         ]
-        for ok, message in checks:
-            if not ok:
-                raise ValueError(f"FlexMDMSamplerConfig: {message} (got {self})")
+        messages = [message for ok, message in checks if not ok] + self.fast_option_errors()
+        if messages:
+            raise ValueError(f"FlexMDMSamplerConfig: {messages[0]} (got {self})")
 
     @classmethod
     def from_model(cls, model: Any, **overrides: Any) -> FlexMDMSamplerConfig:

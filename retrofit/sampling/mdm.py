@@ -39,7 +39,8 @@ from torch import Tensor
 from retrofit.sampling.batch import model_device, progress, repeat_rows
 from retrofit.sampling.draws import RowRandom, resolve_row_keys
 from retrofit.sampling.mdm_config import MDMSamplerConfig
-from retrofit.sampling.steps import select_top_k
+from retrofit.sampling.prompt_cache import PromptCache
+from retrofit.sampling.steps import above_threshold, select_top_k
 from retrofit.sampling.trace import SampleOutput
 
 __all__ = ["MDMSampler", "reveal_schedule"]
@@ -177,9 +178,11 @@ class MDMSampler:
         in_gen = (pos >= region[:, None]) & (pos < (region + cfg.gen_length)[:, None])
         prompt_mask = attn.bool() & ~in_gen  # the given tokens (prompt, suffix): masked for CFG
         rand = RowRandom(keys).to(x.device)
+        cache = PromptCache(cfg.cache_period(), int(region.min()))  # prompts: columns 0..P_b-1
         mask_id = self._mask_id(cfg)
         blocks = cfg.gen_length // cfg.block_length
         per_block = cfg.steps // blocks
+        draws_per_step = int(cfg.temperature > 0) + int(cfg.remasking == "random")
         passes = 0
         with torch.no_grad():
             for k in progress(range(blocks), cfg.progress, "llada blocks", "block"):
@@ -188,13 +191,22 @@ class MDMSampler:
                 )
                 plan = reveal_schedule((x.gather(1, cols) == mask_id).sum(-1), per_block)  # [B, b] cols
                 for s in range(per_block):
-                    logits = self._logits(x, attn, prompt_mask, cfg, cols)  # [B, b, V]
+                    block = x.gather(1, cols)
+                    if not bool((block == mask_id).any()):  # threshold unmasking finished the block early
+                        break
+                    rand.calls = (k * per_block + s) * draws_per_step  # a row's draws never depend on skips
+                    logits = self._logits(x, attn, prompt_mask, cfg, cols, cache)  # [B, b, V]
                     passes += 1
                     proposal, conf = self._propose(logits, cfg, rand)
-                    block = x.gather(1, cols)
                     chosen = select_top_k(conf, block == mask_id, plan[:, s])
+                    if cfg.unmask_threshold is not None:
+                        chosen |= above_threshold(
+                            logits, block == mask_id, cfg.unmask_threshold, self._banned(cfg, logits)
+                        )
                     x.scatter_(1, cols, torch.where(chosen, proposal, block))
-        return self._output(x, region, fronts, backs, cfg, passes)
+        out = self._output(x, region, fronts, backs, cfg, passes)
+        out.trunk_positions = cache.trunk_positions
+        return out
 
     def _canvas(self, fronts, backs, gen_length, middles=None) -> tuple[Tensor, Tensor, Tensor]:
         """Left-aligned rows [front | M×G (or the middle) | back | pad…] [B, L] with
@@ -213,17 +225,34 @@ class MDMSampler:
         return x.to(device), attn.to(device), region.to(device)
 
     def _logits(
-        self, x: Tensor, attn: Tensor, prompt_mask: Tensor, cfg: MDMSamplerConfig, cols: Tensor
+        self,
+        x: Tensor,
+        attn: Tensor,
+        prompt_mask: Tensor,
+        cfg: MDMSamplerConfig,
+        cols: Tensor,
+        cache: PromptCache,
     ) -> Tensor:
         """Float32 logits of each row's block columns ``cols`` [B, b] -> [B, b, V]; with CFG one
         batched pass over (x, x with the prompt masked), combined as l_u + (w + 1)(l_c - l_u)
-        (spec §4.9 step 1)."""
+        (spec §4.9 step 1). ``cache`` runs the model (a cached call returns the live columns)."""
         if cfg.cfg_scale > 0:
             unconditional = x.masked_fill(prompt_mask, self._mask_id(cfg))
-            both = self.model(input_ids=torch.cat([x, unconditional]), attention_mask=torch.cat([attn, attn]))
-            cond, uncond = _gather_columns(both.logits, torch.cat([cols, cols])).float().chunk(2, dim=0)
+            both, offset = cache(self.model, torch.cat([x, unconditional]), torch.cat([attn, attn]))
+            cond, uncond = (
+                _gather_columns(both.logits, torch.cat([cols, cols]) - offset).float().chunk(2, dim=0)
+            )
             return uncond + (cfg.cfg_scale + 1.0) * (cond - uncond)
-        return _gather_columns(self.model(input_ids=x, attention_mask=attn).logits, cols).float()
+        out, offset = cache(self.model, x, attn)
+        return _gather_columns(out.logits, cols - offset).float()
+
+    def _banned(self, cfg: MDMSamplerConfig, logits: Tensor) -> Tensor:
+        """[V] bool tokens never proposed: the mask id (and EOS with logits_eos_inf)."""
+        banned = torch.zeros(logits.shape[-1], dtype=torch.bool, device=logits.device)
+        banned[self._mask_id(cfg)] = True
+        if cfg.logits_eos_inf:
+            banned[self._eos_id(cfg)] = True
+        return banned
 
     def _propose(self, logits: Tensor, cfg: MDMSamplerConfig, rand: RowRandom) -> tuple[Tensor, Tensor]:
         """x̂ = argmax(l + T·Gumbel) in float64 and its confidence, both [B, b] (spec §4.9 steps 2-3).

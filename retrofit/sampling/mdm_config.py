@@ -7,13 +7,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from retrofit.sampling.fast_options import FastSamplingOptions
+
 __all__ = ["MDMSamplerConfig"]
 
 _REMASKING = ("low_confidence", "random")
 
 
 @dataclass(frozen=True)
-class MDMSamplerConfig:
+class MDMSamplerConfig(FastSamplingOptions):
     """Settings of :class:`MDMSampler` (spec §4.9). Override with ``dataclasses.replace``.
 
     Attributes:
@@ -28,6 +30,8 @@ class MDMSamplerConfig:
         stop_at_eos: cut each generation at its first EOS (or EoT when eot_id is known).
         mask_id, eos_id, eot_id, pad_id: token ids; None = from model.config / the tokenizer
             (eot: the tokenizer's "<|eot_id|>", if any).
+        unmask_threshold, prompt_cache, cache_refresh: fast sampling
+            (`retrofit.sampling.fast_options.FastSamplingOptions`).
         progress: show a tqdm progress bar.
 
     Raises:
@@ -71,3 +75,5 @@ class MDMSamplerConfig:
             )
         if self.temperature < 0 or self.cfg_scale < 0:
             raise ValueError("MDMSamplerConfig: temperature and cfg_scale must be >= 0")
+        if self.fast_option_errors():
+            raise ValueError(f"MDMSamplerConfig: {self.fast_option_errors()[0]}")

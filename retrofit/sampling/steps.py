@@ -29,11 +29,13 @@ from torch import Tensor
 
 from retrofit.sampling.draws import RandomSource, RowRandom
 from retrofit.sampling.flexmdm_config import CONFIDENCE_METHODS
+from retrofit.sampling.prompt_cache import PromptCache
 
 __all__ = [
     "Prediction",
     "RandomSource",
     "RowRandom",
+    "above_threshold",
     "allowed_gaps",
     "cap_insertions",
     "confidence",
@@ -63,7 +65,13 @@ class Prediction:
 
 
 def predict(
-    model, canvas: Tensor, lengths: Tensor, t: float, width: int, logits_mask: Tensor | None = None
+    model,
+    canvas: Tensor,
+    lengths: Tensor,
+    t: float,
+    width: int,
+    logits_mask: Tensor | None = None,
+    cache: PromptCache | None = None,
 ) -> Prediction:
     """One forward pass on the first ``width`` columns (spec §4.1; the model appends the length slot).
 
@@ -77,6 +85,9 @@ def predict(
         logits_mask: optional [B, width] bool, passed on as ``logits_mask=`` to a model that then
             returns logits [N, V] for those slots only (FlexMDMModel); they are scattered into a
             [B, width, V] tensor that holds 0 elsewhere (the sampler reads only those slots).
+        cache: the run's `PromptCache` (None = the plain forward). A cached call returns the live
+            columns only; logits of the prompt columns are then 0 and their gaps 0 (the sampler
+            neither unmasks nor inserts there).
 
     Returns:
         Prediction (logits in the model's dtype, expected_gaps float32 clamped >= 0).
@@ -88,13 +99,20 @@ def predict(
     ids = canvas[:, :width]
     attention_mask = (torch.arange(width, device=canvas.device)[None, :] < lengths[:, None]).long()
     t_vec = torch.full((B,), float(t), device=canvas.device, dtype=torch.float32)
-    kwargs = {} if logits_mask is None else {"logits_mask": logits_mask}
-    out = model(input_ids=ids, t=t_vec, attention_mask=attention_mask, **kwargs)
+    if cache is None:
+        kwargs = {} if logits_mask is None else {"logits_mask": logits_mask}
+        out, offset = model(input_ids=ids, t=t_vec, attention_mask=attention_mask, **kwargs), 0
+    else:
+        out, offset = cache(model, ids, attention_mask, logits_mask, t=t_vec)
     logits, gaps = out.logits, out.expected_gaps
-    if logits_mask is not None and logits.dim() == 2:
+    if logits_mask is not None and logits.dim() == 2:  # the masked slots, in row-major order
         dense = logits.new_zeros(B, width, logits.shape[-1])
         dense[logits_mask] = logits
         logits = dense
+    elif offset:
+        logits = torch.cat([logits.new_zeros(B, offset, logits.shape[-1]), logits], dim=1)
+    if offset:
+        gaps = torch.cat([gaps.new_zeros(B, offset), gaps], dim=1)
     if logits.shape[:2] != (B, width) or tuple(gaps.shape) != (B, width + 1):
         raise ValueError(
             f"sampler: model returned logits {tuple(logits.shape)} / expected_gaps {tuple(gaps.shape)}; "
@@ -170,6 +188,25 @@ def _masked_softmax(logits: Tensor, banned: Tensor | None) -> Tensor:
     if banned is not None:
         logits = logits.masked_fill(banned, float("-inf"))
     return torch.softmax(logits.float(), dim=-1)
+
+
+def above_threshold(logits: Tensor, eligible: Tensor, tau: float, banned: Tensor | None = None) -> Tensor:
+    """Eligible slots whose top token probability is >= tau (threshold unmasking, issue #14).
+
+    The rule of Fast-dLLM's parallel decoding (Wu et al., 2025): a slot whose most likely token
+    has probability >= tau is unmasked now, whatever the schedule says. Both samplers use it.
+
+    Args:
+        logits: [B, W, V] float logits. eligible: [B, W] bool slots that may be unmasked now.
+        tau: threshold in (0, 1]. banned: optional [V] bool tokens excluded from p.
+
+    Returns:
+        [B, W] bool, a subset of eligible.
+    """
+    out = torch.zeros_like(eligible)
+    if bool(eligible.any()):
+        out[eligible] = _masked_softmax(logits[eligible], banned).max(dim=-1).values >= tau
+    return out
 
 
 def confidence(

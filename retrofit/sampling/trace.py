@@ -70,6 +70,9 @@ class SampleOutput:
         dropped_insertions: [B] int64 insertions dropped by the max-length cap (0 for LLaDA).
         num_forward_passes: model calls made (a CFG pair counts as one).
         trace: the step-by-step canvases when tracing was requested, else None.
+        trunk_positions: positions fed to the model's trunk over the run (summed over rows and
+            calls; a prompt-cache call feeds only the live columns). Trunk FLOPs are
+            proportional to trunk_positions x n_layers. 0 when the model does not report it.
     """
 
     sequences: list[list[int]]
@@ -80,6 +83,7 @@ class SampleOutput:
     dropped_insertions: Tensor
     num_forward_passes: int
     trace: Trace | None = None
+    trunk_positions: int = 0
 
 
 def plot_trace(trace: Trace, path: str | Path, max_rows: int = 8) -> Path:
