@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 from pathlib import Path
 
 import pytest
 
 from retrofit.evaluation.humaneval_data import BENCHMARKS, REQUIRED_FIELDS, benchmark_path, read_problems
 
-DATA_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+DATA_DIR = Path(os.environ.get("RETROFIT_DATA_DIR", ""))  # set by conftest.py (the local data copy)
 
 
 @pytest.mark.parametrize(

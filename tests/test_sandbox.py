@@ -19,7 +19,7 @@ from retrofit.evaluation.sandbox import (
     sandbox_info,
 )
 
-DATA_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+DATA_DIR = Path(os.environ.get("RETROFIT_DATA_DIR", ""))  # set by conftest.py (the local data copy)
 # A toy task whose hole is one statement inside f: the completion runs when check() calls f.
 TOY = {
     "task_id": "toy/0",

@@ -205,21 +205,27 @@ def _meta_model(recipe: Any) -> tuple[Any, Any, str]:
         folder = resolve_model_dir(base, field="model.base")
         refuse_training_checkpoint(folder, field="model.base")
         config_file = Path(folder) / "config.json"
-    if config_file.is_file():
-        config, note = (
-            LLaDAConfig.from_dict(json.loads(config_file.read_text())),
-            "(config.json read; no weights)",
-        )
-    else:
+    saved = json.loads(config_file.read_text()) if config_file.is_file() else None
+    grafted = saved is not None and saved.get("model_type") == "flexmdm"  # a `retrofit graft` folder
+    if saved is None:
         config, note = LLaDAConfig(), "(not a local folder: LLaDA-8B defaults of LLaDAConfig)"
+    else:  # a grafted folder keeps its backbone's config under "backbone"
+        config = LLaDAConfig.from_dict(saved["backbone"] if grafted else saved)
+        note = "(config.json read; no weights)"
     with torch.device("meta"):
-        model = LLaDAModelLM(config)
         to_save: list[str] = []
         if recipe.training.loss == "flexmdm":
-            from retrofit.models.flexmdm import FlexMDMModel
+            from retrofit.models.flexmdm import FlexMDMConfig, FlexMDMModel
 
-            model = FlexMDMModel.from_llada(model, **_graft_kwargs(recipe, recipe.data.max_length))
+            if grafted:  # as the run loads it: FlexMDMModel.from_pretrained(base)
+                model = FlexMDMModel(FlexMDMConfig.from_dict(saved))
+            else:
+                model = FlexMDMModel.from_llada(
+                    LLaDAModelLM(config), **_graft_kwargs(recipe, recipe.data.max_length)
+                )
             to_save = model.new_module_names()
+        else:
+            model = LLaDAModelLM(config)
         if recipe.mode == "pretrain":
             return model.requires_grad_(True), config, note
         wrapped = wrap_with_lora(model, recipe.lora, to_save)

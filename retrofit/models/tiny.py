@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -56,8 +57,15 @@ OFFICIAL_AUTO_MAP = {
 }
 OFFICIAL_TRANSFORMERS_VERSION = "4.46.3"
 # Module files named by OFFICIAL_AUTO_MAP -> the retrofit source written in their place.
-MODELING_SOURCES = {"configuration_llada.py": "llada_config.py", "modeling_llada.py": "llada.py"}
-_NATIVE_CONFIG_IMPORT = "from retrofit.models.llada_config import LLaDAConfig"
+MODELING_SOURCES = {
+    "configuration_llada.py": "llada_config.py",
+    "modeling_llada.py": "llada.py",
+    "prefix_cache.py": "prefix_cache.py",  # imported by modeling_llada.py (relative import)
+}
+_PACKAGE_IMPORTS = {
+    "from retrofit.models.llada_config import LLaDAConfig": "from .configuration_llada import LLaDAConfig",
+    "from retrofit.models.prefix_cache import": "from .prefix_cache import",
+}
 
 
 def official_config_dict(config: LLaDAConfig) -> dict:
@@ -80,10 +88,12 @@ def official_config_dict(config: LLaDAConfig) -> dict:
 
 
 def write_modeling_code(out_dir: str | Path) -> list[str]:
-    """Write configuration_llada.py + modeling_llada.py (the modules `OFFICIAL_AUTO_MAP` names).
+    """Write configuration_llada.py + modeling_llada.py (the modules `OFFICIAL_AUTO_MAP` names)
+    and the prefix_cache.py that modeling_llada.py imports.
 
-    They are retrofit's native `llada_config.py` / `llada.py` with the one package import made
-    relative, so the folder's remote code is self-contained (imports only torch / transformers)
+    They are retrofit's native `llada_config.py` / `llada.py` (and `prefix_cache.py`, which it
+    imports) with the package imports made relative, so the folder's remote code is
+    self-contained (imports only torch / transformers)
     and computes the same logits as `retrofit.models.LLaDAModelLM`. Tests edit the written
     modeling_llada.py to get a folder whose own code disagrees with retrofit.
 
@@ -97,9 +107,12 @@ def write_modeling_code(out_dir: str | Path) -> list[str]:
     for name, source in MODELING_SOURCES.items():
         text = (here / source).read_text(encoding="utf-8")
         if source == "llada.py":
-            if _NATIVE_CONFIG_IMPORT not in text:
-                raise RuntimeError(f"{here / source}: expected the line {_NATIVE_CONFIG_IMPORT!r}")
-            text = text.replace(_NATIVE_CONFIG_IMPORT, "from .configuration_llada import LLaDAConfig")
+            for native, relative in _PACKAGE_IMPORTS.items():
+                if native not in text:
+                    raise RuntimeError(f"{here / source}: expected the import {native!r}")
+                text = text.replace(native, relative)
+        if re.search(r"^\s*(from|import) retrofit", text, flags=re.MULTILINE):
+            raise RuntimeError(f"{here / source}: imports retrofit; the folder's remote code must not")
         (Path(out_dir) / name).write_text(text, encoding="utf-8")
     return list(MODELING_SOURCES)
 

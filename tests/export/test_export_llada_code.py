@@ -23,7 +23,11 @@ from retrofit.models import FlexMDMModel, LLaDAModelLM
 from retrofit.models.tiny import OFFICIAL_AUTO_MAP, write_modeling_code
 from retrofit.training.checkpoint import write_manifest
 
-CODE_FILES = ["configuration_llada.py", "modeling_llada.py"]
+CODE_FILES = [
+    "configuration_llada.py",
+    "modeling_llada.py",
+    "prefix_cache.py",
+]  # modeling imports prefix_cache
 # Runs without importing retrofit, as a user of the exported folder would.
 LOAD_WITHOUT_RETROFIT = """
 import sys, torch
