@@ -22,6 +22,12 @@ COLUMNS: dict[str, tuple[str, list[str]]] = {
         ["sampler", "median_s", "spread_pct", "samples_per_s", "forward_passes_per_sample",
          "mean_final_length", "peak_mib"],
     ),
+    "sample-settings": (
+        "summary",
+        ["task", "model", "setting", "trunk_position_layers_per_sample", "flops_reduction",
+         "forward_passes_per_sample", "seconds_per_sample", "success", "d_success", "success_hard",
+         "d_success_hard", "validity", "d_validity", "tv", "d_tv"],
+    ),
     "interpolant": (
         "variants",
         ["variant", "median_s", "spread_pct", "samples_per_s", "x1_tokens_per_s", "margin_vs_paper_gpu"],

@@ -68,6 +68,12 @@ def _sample_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-length", type=int, default=256, help="prompt + generation cap (LLaDA: its canvas)")
     p.add_argument("--steps", type=int, default=64, help="S: sampling steps of every sampler")
     p.add_argument("--length-scale", type=float, default=None, help="length-head scale (default max-length)")
+    p.add_argument("--repro", default=None, metavar="DIR",
+                   help="instead: sampler settings on the trained models of a `retrofit repro --out DIR` run "
+                   "(trunk FLOPs, passes, time and quality vs the exact sampler at 256 steps)")  # fmt: skip
+    p.add_argument("--tasks", nargs="+", default=["brackets", "maze"], help="with --repro (default both)")
+    p.add_argument("--settings", nargs="+", default=None,
+                   help="with --repro: setting names of retrofit.bench.sample_settings.SETTINGS (default all)")  # fmt: skip
     _common(p, "sample")
 
 
@@ -111,6 +117,10 @@ def run_one(args: argparse.Namespace) -> dict[str, Any]:
             TrainStepOptions, args, grad_ckpt=args.grad_ckpt == "on", variants=tuple(args.variants)
         )
         return run_train_step(opts)
+    if args.benchmark == "sample" and args.repro:
+        from retrofit.bench.sample_settings import SETTINGS, run_sample_settings
+
+        return run_sample_settings(Path(args.repro), args.settings or list(SETTINGS), args.tasks)
     if args.benchmark == "sample":
         from retrofit.bench.sample_bench import SampleOptions, run_sample
 

@@ -21,7 +21,7 @@ on how the cases are grouped (``_base_seed`` mixes the run seed first).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from retrofit.repro import maze as maze_task
@@ -42,7 +42,16 @@ def _words(tokenizer: Any, ids: Sequence[int]) -> list[str]:
 
 
 def sample_brackets(
-    model: Any, kind: str, tokenizer: Any, *, n: int, steps: int, canvas: int, seed: int, batch: int = 128
+    model: Any,
+    kind: str,
+    tokenizer: Any,
+    *,
+    n: int,
+    steps: int,
+    canvas: int,
+    seed: int,
+    batch: int = 128,
+    options: Mapping[str, Any] | None = None,
 ) -> list[str]:
     """``n`` unconditional samples as bracket strings (spaces removed; EOS-cut for the MDM).
 
@@ -50,7 +59,8 @@ def sample_brackets(
         model: FlexMDMModel (kind "flexmdm") or LLaDAModelLM ("llada"), eval mode.
         tokenizer: the word-level tokenizer of the task. n: samples. steps: sampler steps S.
         canvas: the MDM's fixed canvas / the FlexMDM's max length (tokens). seed: sampling seed.
-        batch: rows per sampler call.
+        batch: rows per sampler call. options: further sampler config fields for both kinds
+            (e.g. the fast-sampling settings unmask_threshold, prompt_cache, cache_refresh).
 
     Returns:
         list of n strings, one character per generated token: a token that is not a bracket
@@ -65,12 +75,12 @@ def sample_brackets(
         ids = dict(seed=_base_seed(seed), example_ids=list(range(start, start + rows)))
         if kind == "flexmdm":
             config = FlexMDMSamplerConfig(
-                steps=steps, max_length=canvas, confidence="random", temperature=1.0
+                steps=steps, max_length=canvas, confidence="random", temperature=1.0, **dict(options or {})
             )
             out = FlexMDMSampler(model, config).sample([[] for _ in range(rows)], **ids)
         else:
             config = MDMSamplerConfig(gen_length=canvas, block_length=canvas, steps=steps, temperature=1.0,
-                                      remasking="random")  # fmt: skip
+                                      remasking="random", **dict(options or {}))  # fmt: skip
             out = MDMSampler(model, config, tokenizer).sample([[] for _ in range(rows)], **ids)
         texts += ["".join(w if len(w) == 1 else "?" for w in _words(tokenizer, ids)) for ids in out.generated]
     return texts
@@ -86,6 +96,7 @@ def sample_mazes(
     canvas: int,
     seed: int,
     batch: int = 64,
+    options: Mapping[str, Any] | None = None,
 ) -> list[list[tuple[int, int]] | None]:
     """Plan a path for every maze; returns the decoded paths (None where decoding fails).
 
@@ -95,6 +106,7 @@ def sample_mazes(
             template and, after it, masks up to this width, as its training rows were EOS-padded
             to it (only the template part is decoded). seed: sampling seed. batch: rows per
             sampler call (one level per call: the template length depends on the level).
+        options: further sampler config fields (as in :func:`sample_brackets`).
 
     Returns:
         one path (list of (row, col) cells) or None per maze, in input order.
@@ -117,7 +129,7 @@ def sample_mazes(
                 points = [_ids(tokenizer, [maze_words.cell_word(p, False) for p in maze_task.waypoints(mazes[i])])
                           for i in group]  # fmt: skip
                 config = FlexMDMSamplerConfig(steps=steps, confidence="top_prob", temperature=0.0, fill="argmax",
-                                              max_middle=4 * len(mazes[group[0]].grid) ** 2)  # fmt: skip
+                                              max_middle=4 * len(mazes[group[0]].grid) ** 2, **dict(options or {}))  # fmt: skip
                 out = FlexMDMSampler(model, config).infill(
                     [p + w[:1] for p, w in zip(prompts, points)],
                     [w[-1:] for w in points],
@@ -130,7 +142,7 @@ def sample_mazes(
                 tail = [mask_word] * max(canvas - len(prompts[0]) - len(words[0]), 0)
                 templates = [_ids(tokenizer, w + tail) for w in words]
                 config = MDMSamplerConfig(gen_length=canvas, block_length=canvas, steps=steps, temperature=0.0,
-                                          remasking="low_confidence", stop_at_eos=False)  # fmt: skip
+                                          remasking="low_confidence", stop_at_eos=False, **dict(options or {}))  # fmt: skip
                 out = MDMSampler(model, config, tokenizer).infill(
                     prompts, [[] for _ in group], middles=templates, **ids
                 )

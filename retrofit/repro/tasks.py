@@ -75,10 +75,19 @@ class BracketsTask:
         """Unconditional: n empty prompts."""
         return [None] * n
 
-    def sample(self, model: Any, kind: str, tokenizer: Any, cases: list, seed: int, steps: int) -> list[str]:
-        """Bracket strings sampled from the model (see `sample_brackets`)."""
+    def sample(
+        self,
+        model: Any,
+        kind: str,
+        tokenizer: Any,
+        cases: list,
+        seed: int,
+        steps: int,
+        options: dict | None = None,
+    ) -> list[str]:
+        """Bracket strings sampled from the model (see `sample_brackets`; options: sampler fields)."""
         return sample_brackets(
-            model, kind, tokenizer, n=len(cases), steps=steps, canvas=self.canvas, seed=seed
+            model, kind, tokenizer, n=len(cases), steps=steps, canvas=self.canvas, seed=seed, options=options
         )
 
     def score(self, cases: list, outputs: list[str]) -> list[tuple[str | None, dict]]:
@@ -139,9 +148,20 @@ class MazeTask:
         """n mazes, levels in equal shares, from a stream disjoint from the training rows."""
         return self._mazes(seed + TEST_SEED_OFFSET, n)
 
-    def sample(self, model: Any, kind: str, tokenizer: Any, cases: list, seed: int, steps: int) -> list:
-        """Decoded paths (see `sample_mazes`)."""
-        return sample_mazes(model, kind, tokenizer, cases, steps=steps, canvas=self.canvas, seed=seed)
+    def sample(
+        self,
+        model: Any,
+        kind: str,
+        tokenizer: Any,
+        cases: list,
+        seed: int,
+        steps: int,
+        options: dict | None = None,
+    ) -> list:
+        """Decoded paths (see `sample_mazes`; options: sampler fields)."""
+        return sample_mazes(
+            model, kind, tokenizer, cases, steps=steps, canvas=self.canvas, seed=seed, options=options
+        )
 
     def score(self, cases: list, outputs: list) -> list[tuple[str | None, dict]]:
         """[(level, metrics)] per level: success, optimal-length rate, mean length error (95 % intervals)."""

@@ -69,6 +69,15 @@ def write_base(out: Path, words: list[str], seed: int, shape: dict[str, int]) ->
     return write_tiny_llada(out, seed=seed, tokenizer=build_word_tokenizer(words), overwrite=True, **shape)
 
 
+def model_dirs(work: Path) -> dict[str, Path]:
+    """Where `train_models` leaves each model folder under a task-seed ``work`` folder."""
+    return {
+        "mdm": work / "mdm" / "final",
+        "flexmdm": work / "flexmdm" / "final",
+        "retrofit": work / "retrofit" / "export",
+    }
+
+
 def train_models(
     recipes: dict[str, Path],
     work: Path,
@@ -113,19 +122,19 @@ def train_models(
         f"training.max_steps={steps}", "training.save_strategy=no",
         f"training.resume_from_checkpoint={mdm_dir / f'checkpoint-{half}'}"])  # fmt: skip
     runs["mdm"] = ModelRun(
-        "mdm", mdm_dir / "final", steps, first.seconds + second.seconds, [first.log, second.log]
+        "mdm", model_dirs(work)["mdm"], steps, first.seconds + second.seconds, [first.log, second.log]
     )
     echo(f"[repro]   mdm: {steps} steps in {runs['mdm'].seconds:.0f} s")
     # 3. FlexMDM from scratch, N steps.
     flex = _train(recipes["flexmdm"], work / "flexmdm", common + overrides.get("flexmdm", []) + [
         f"training.max_steps={steps}", "training.save_strategy=no"])  # fmt: skip
-    runs["flexmdm"] = ModelRun("flexmdm", work / "flexmdm" / "final", steps, flex.seconds, [flex.log])
+    runs["flexmdm"] = ModelRun("flexmdm", model_dirs(work)["flexmdm"], steps, flex.seconds, [flex.log])
     echo(f"[repro]   flexmdm: {steps} steps in {flex.seconds:.0f} s")
     # 4. Retrofit: graft mdm-half, LoRA + new modules for N/2 steps, then `retrofit export`.
     retro = _train(recipes["retrofit"], work / "retrofit", [f"training.seed={seed}", f"model.base={halfway}"]
                    + overrides.get("retrofit", []) + [f"training.max_steps={half}", "training.save_strategy=steps",
                                                       f"training.save_steps={half}"])  # fmt: skip
-    exported = _export(work / "retrofit" / f"checkpoint-{half}", work / "retrofit" / "export")
+    exported = _export(work / "retrofit" / f"checkpoint-{half}", model_dirs(work)["retrofit"])
     runs["retrofit"] = ModelRun(
         "retrofit", exported, steps, first.seconds + retro.seconds, [first.log, retro.log]
     )
