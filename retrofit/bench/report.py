@@ -28,6 +28,11 @@ COLUMNS: dict[str, tuple[str, list[str]]] = {
          "forward_passes_per_sample", "seconds_per_sample", "success", "d_success", "success_hard",
          "d_success_hard", "validity", "d_validity", "tv", "d_tv"],
     ),
+    "sample-workload": (
+        "rows",
+        ["setting", "kind", "trunk_position_layers_per_sample", "flops_reduction", "forward_passes_per_sample",
+         "seconds_per_sample", "wall_time_ratio", "token_agreement", "mean_generated"],
+    ),
     "interpolant": (
         "variants",
         ["variant", "median_s", "spread_pct", "samples_per_s", "x1_tokens_per_s", "margin_vs_paper_gpu"],

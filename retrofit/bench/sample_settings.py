@@ -26,7 +26,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["SETTINGS", "count_calls", "measure_repro", "run_sample_settings", "summarize_settings"]
+__all__ = [
+    "SETTINGS",
+    "chosen_settings",
+    "count_calls",
+    "measure_repro",
+    "run_sample_settings",
+    "summarize_settings",
+]
 
 FAST = {"unmask_threshold": 0.9, "prompt_cache": True, "cache_refresh": 4}
 SETTINGS: dict[str, dict[str, Any]] = {
@@ -174,6 +181,18 @@ def summarize_settings(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
+def chosen_settings(names: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """{name: setting} for ``names``, the exact reference first (added when missing).
+
+    Raises:
+        ValueError: an unknown name (the message lists the known ones).
+    """
+    unknown = [n for n in names if n not in SETTINGS]
+    if unknown:
+        raise ValueError(f"--settings {unknown}: choose among {', '.join(SETTINGS)}")
+    return {n: SETTINGS[n] for n in ([EXACT] + [n for n in names if n != EXACT])}
+
+
 def run_sample_settings(
     repro_dir: Path, names: Sequence[str], tasks: Sequence[str], log: Any = print
 ) -> dict[str, Any]:
@@ -183,10 +202,7 @@ def run_sample_settings(
         ValueError: an unknown setting name (the message lists them).
         FileNotFoundError: no trained seed under ``repro_dir`` (see `measure_repro`).
     """
-    unknown = [n for n in names if n not in SETTINGS]
-    if unknown:
-        raise ValueError(f"--settings {unknown}: choose among {', '.join(SETTINGS)}")
-    chosen = {n: SETTINGS[n] for n in ([EXACT] + [n for n in names if n != EXACT])}
+    chosen = chosen_settings(names)
     start = time.perf_counter()
     records = measure_repro(Path(repro_dir), chosen, tasks, echo=log)
     from retrofit.bench.common import machine_info

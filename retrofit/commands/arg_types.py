@@ -17,7 +17,7 @@ import math
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["at_least", "check_lengths", "non_negative_float"]
+__all__ = ["at_least", "check_lengths", "non_negative_float", "probability"]
 
 
 def at_least(low: int) -> Callable[[str], int]:
@@ -52,6 +52,21 @@ def non_negative_float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text!r}") from None
     if not (math.isfinite(value) and value >= 0):
         raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
+    return value
+
+
+def probability(text: str) -> float:
+    """An argparse type: a number in (0, 1] (a confidence threshold).
+
+    Raises:
+        argparse.ArgumentTypeError: not a number, or outside (0, 1].
+    """
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number in (0, 1], got {text!r}") from None
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be a number in (0, 1], got {text}")
     return value
 
 

@@ -71,6 +71,10 @@ def _sample_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repro", default=None, metavar="DIR",
                    help="instead: sampler settings on the trained models of a `retrofit repro --out DIR` run "
                    "(trunk FLOPs, passes, time and quality vs the exact sampler at 256 steps)")  # fmt: skip
+    p.add_argument("--workload", choices=["gsm8k"], default=None,
+                   help="instead: the GSM8K-shaped workload (~900-token few-shot prompts, up to 256 generated) "
+                   "on --model, every setting vs the exact sampler (token agreement)")  # fmt: skip
+    p.add_argument("--model", default=None, metavar="DIR", help="with --workload: a FlexMDM or LLaDA folder")
     p.add_argument("--tasks", nargs="+", default=["brackets", "maze"], help="with --repro (default both)")
     p.add_argument("--settings", nargs="+", default=None,
                    help="with --repro: setting names of retrofit.bench.sample_settings.SETTINGS (default all)")  # fmt: skip
@@ -117,6 +121,14 @@ def run_one(args: argparse.Namespace) -> dict[str, Any]:
             TrainStepOptions, args, grad_ckpt=args.grad_ckpt == "on", variants=tuple(args.variants)
         )
         return run_train_step(opts)
+    if args.benchmark == "sample" and args.workload:
+        from retrofit.bench.sample_settings import SETTINGS, chosen_settings
+        from retrofit.bench.sample_workload import run_workload
+
+        if not args.model:
+            raise ValueError("--workload gsm8k needs --model DIR (a FlexMDM or LLaDA folder)")
+        return run_workload(args.model, chosen_settings(args.settings or list(SETTINGS)), prompts=args.prompts,
+                            seed=args.seed)  # fmt: skip
     if args.benchmark == "sample" and args.repro:
         from retrofit.bench.sample_settings import SETTINGS, run_sample_settings
 

@@ -19,7 +19,11 @@ from pathlib import Path
 from typing import Any
 
 from retrofit.commands.arg_types import at_least, check_lengths, non_negative_float
-from retrofit.commands.generate import add_prompt_template_argument
+from retrofit.commands.generate import (
+    add_fast_sampling_arguments,
+    add_prompt_template_argument,
+    fast_sampling_options,
+)
 
 # Per-verb sampler defaults by model kind (spec §4.6, §6.1, §6.2); --steps etc. override them.
 DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
@@ -75,6 +79,7 @@ def _sampler_options(p: argparse.ArgumentParser, verb: str) -> None:
         "--dtype", choices=("bf16", "fp32"), default=None, help="default: bf16 on GPU, fp32 on CPU"
     )
     add_prompt_template_argument(p)
+    add_fast_sampling_arguments(p)
     p.add_argument("--sampler-arg", action="append", default=[], metavar="KEY=VALUE",
                    help="any other sampler config field, e.g. confidence=top_prob (repeatable)")  # fmt: skip
     p.add_argument(
@@ -161,7 +166,7 @@ def _parse_value(text: str) -> Any:
 def sampler_overrides(args: argparse.Namespace, verb: str, kind: str) -> dict[str, Any]:
     """Per-verb defaults for the model kind < explicit flags < --sampler-arg KEY=VALUE."""
     out = dict(DEFAULTS[verb][kind])
-    flags = {"steps": args.steps, "temperature": args.temperature}
+    flags = {"steps": args.steps, "temperature": args.temperature, **fast_sampling_options(args)}
     if kind == "llada":
         flags.update(gen_length=args.gen_length, block_length=args.block_length)
         if args.gen_length is not None and args.block_length is None:

@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from retrofit.commands.arg_types import at_least, check_lengths, non_negative_float
+from retrofit.commands.arg_types import at_least, check_lengths, non_negative_float, probability
 
 
 def add_sampler_arguments(parser: argparse.ArgumentParser) -> None:
@@ -61,12 +61,35 @@ def add_sampler_arguments(parser: argparse.ArgumentParser) -> None:
                         "stream keyed by (seed, i, j), so it does not depend on the other prompts")  # fmt: skip
     parser.add_argument("--num-samples", type=at_least(1), default=1, help="samples per prompt (default 1)")
     add_prompt_template_argument(parser)
+    add_fast_sampling_arguments(parser)
     parser.add_argument("--trace-png", default=None, help="FlexMDM: plot length / clean tokens per step here")
     parser.add_argument("--device", default=None, help='e.g. "cpu", "cuda" (default: cuda if available)')
     parser.add_argument(
         "--dtype", default=None, choices=("bf16", "fp32"), help="default: bf16 on GPU, fp32 on CPU"
     )
     parser.add_argument("--output", default=None, help="also write one JSON line per sample here")
+
+
+def add_fast_sampling_arguments(parser: argparse.ArgumentParser) -> None:
+    """`--unmask-threshold`, `--prompt-cache` / `--no-prompt-cache`, `--cache-refresh` (both samplers;
+    shared by generate, infill and eval). None = the model's sampler defaults."""
+    from retrofit.sampling.fast_options import FastSamplingOptions as Fast
+
+    parser.add_argument("--unmask-threshold", type=probability, default=None, metavar="TAU",
+                        help="also unmask, in every step, each slot whose top token probability is >= TAU "
+                        f"(default {Fast.unmask_threshold}: the model's sampler defaults)")  # fmt: skip
+    parser.add_argument("--prompt-cache", action=argparse.BooleanOptionalAction, default=None,
+                        help="reuse the prompt's keys / values between refreshes "
+                        f"(default {'on' if Fast.prompt_cache else 'off'})")  # fmt: skip
+    parser.add_argument("--cache-refresh", type=at_least(1), default=None, metavar="K",
+                        help=f"with the prompt cache: recompute it every K model calls (default {Fast.cache_refresh}; "
+                        "1 = exact)")  # fmt: skip
+
+
+def fast_sampling_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The fast-sampling flags as sampler config overrides (None = not given)."""
+    return {"unmask_threshold": args.unmask_threshold, "prompt_cache": args.prompt_cache,
+            "cache_refresh": args.cache_refresh}  # fmt: skip
 
 
 def add_prompt_template_argument(parser: argparse.ArgumentParser) -> None:
@@ -135,7 +158,7 @@ def load_sampler(args: argparse.Namespace, **extra: Any) -> tuple[Any, Any, str]
     )
     options = dict(steps=args.steps, temperature=args.temperature, confidence=args.confidence,
                    gen_length=args.gen_length, block_length=args.block_length, remasking=args.remasking,
-                   progress=True, trace=bool(args.trace_png) or None, **extra)  # fmt: skip
+                   progress=True, trace=bool(args.trace_png) or None, **fast_sampling_options(args), **extra)  # fmt: skip
     if args.reference:
         options["reference"] = True
     return make_sampler(model, tokenizer, kind, **options), tokenizer, kind

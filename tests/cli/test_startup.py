@@ -58,6 +58,8 @@ def test_lm_eval_help_names_our_models_without_torch():
         (["eval", "gsm8k", "nowhere", "--steps", "-5"], "argument --steps: must be an integer >= 1, got -5"),
         (["eval", "gsm8k", "nowhere", "--batch-size", "0"], "argument --batch-size"),
         (["eval", "humaneval-infill", "nowhere", "--num-samples", "0"], "argument --num-samples"),
+        (["generate", "nowhere", "--prompt", "x", "--unmask-threshold", "0"], "argument --unmask-threshold: must be a number in (0, 1]"),
+        (["eval", "gsm8k", "nowhere", "--cache-refresh", "0"], "argument --cache-refresh: must be an integer >= 1"),
         (["graft", "--base", "b", "--out", "o", "--canvas-width", "1"], "argument --canvas-width: must be an integer >= 2"),
         (["graft", "--base", "b", "--out", "o", "--adaln-group-size", "0"], "argument --adaln-group-size"),
         (["eval", "length", "nowhere", "--num-samples", "x"], "argument --num-samples: must be an integer >= 1, got 'x'"),
