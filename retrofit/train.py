@@ -268,6 +268,11 @@ def _load_grafted(recipe: Recipe, base: str) -> torch.nn.Module:
                 f"recipe objective.{key}={want} but {where} was grafted with {getattr(config, key)}: "
                 f"the model records the schedules it is trained with; change one of them"
             )
+    if recipe.data.max_length > int(config.canvas_width):
+        print(f"[retrofit] warning: data.max_length={recipe.data.max_length} exceeds the canvas_width "
+              f"{config.canvas_width} {where} was grafted with: rows longer than it train, but the sampler "
+              f"stops at {config.canvas_width} tokens (graft again with --canvas-width "
+              f"{recipe.data.max_length}, or set data.max_length={config.canvas_width})", file=sys.stderr, flush=True)  # fmt: skip
     return flex
 
 
