@@ -140,7 +140,11 @@ def reference_model(spec: ModelSpec, base: Path, trained: TrainedWeights) -> tor
         model = model_classes("flexmdm")[1].from_pretrained(str(base), dtype=torch.float32)
     fields_ = inspect.signature(LoraConfig).parameters
     lora_config = LoraConfig(
-        **{k: v for k, v in trained.adapter_config.items() if k in fields_ and k != "task_type"}
+        **{
+            k: v
+            for k, v in trained.adapter_config.items()
+            if k in fields_ and k not in ("task_type", "base_model_name_or_path")
+        }
     )
     with quiet_peft_rename_warning():
         peft_model = get_peft_model(model.float(), lora_config)
