@@ -8,7 +8,10 @@
 #      modules, bf16 autocast, SDPA attention), canvas 1024, B=4 x G=4 micro-steps, variants
 #      full-width / trimmed / banded / mdm, gradient checkpointing on, then off;
 #   2. the same with GSM8K-length x1 if $RETROFIT_DATA_DIR holds gsm8k/train.jsonl;
-#   3. the sampler benchmark (FlexMDM trimmed / full-length vs the LLaDA sampler, equal steps).
+#   3. the sampler benchmark (FlexMDM trimmed / full-length vs the LLaDA sampler, equal steps);
+#   4. fast sampling on the GSM8K shape (random weights, 900-token prompts, 256 generated), FlexMDM
+#      and LLaDA: exact 256 steps vs 64 steps + unmask threshold 0.9 + prompt cache (refresh 4):
+#      trunk FLOPs, wall-time ratio, token agreement (of an untrained model).
 # Reports x1 tokens/s/GPU, peak memory per variant (its resident weights + optimizer state + the
 # transient peak of its step, from torch.cuda.max_memory_allocated; variants are interleaved) and
 #   MFU = 4 * (N_trunk * positions + N_head * logit_rows) / (step time * 989e12)
@@ -75,6 +78,12 @@ say "sampler: FlexMDM trimmed / full-length vs LLaDA, $STEPS steps"
 "$PY" -m retrofit.bench sample "${MODEL[@]}" --prompts 8 --prompt-length $((CANVAS / 8)) --max-length "$CANVAS" \
   --steps "$STEPS" --warmup 1 --repeats 2 --out "$OUT" --name "sample-$SIZE"
 
+for KIND in flexmdm llada; do
+  say "fast sampling, GSM8K shape ($KIND, 900-token prompts, 256 generated): exact 256 steps vs threshold + prompt cache"
+  "$PY" -m retrofit.bench sample --workload gsm8k --kind "$KIND" "${MODEL[@]}" --prompts 4 \
+    --settings exact-256 fast-64 --out "$OUT" --name "workload-$KIND-$SIZE"
+done
+
 say "summary (x1 tokens/s/GPU, MFU, peak memory)"
 "$PY" - "$OUT" <<'PY'
 import json
@@ -90,5 +99,9 @@ for path in sorted(Path(sys.argv[1]).glob("train-step-*.json")):
 for path in sorted(Path(sys.argv[1]).glob("sample-*.json")):
     ratios = json.loads(path.read_text())["ratios"]
     print(path.stem, ", ".join(f"{k} {v:.2f}" for k, v in ratios.items()))
+for path in sorted(Path(sys.argv[1]).glob("workload-*.json")):
+    for r in json.loads(path.read_text())["rows"]:
+        print(f"{path.stem:28s} {r['setting']:10s} x{r['flops_reduction']:.1f} trunk FLOPs, x{r['wall_time_ratio']:.1f} wall, "
+              f"agreement {r['token_agreement']:.3f}")
 PY
 say "done in $((SECONDS - START)) s; JSON in $OUT"

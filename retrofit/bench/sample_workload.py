@@ -13,10 +13,11 @@ and seeds: per row, tokens equal at the same index / the longer of the two gener
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+import torch
 
 __all__ = ["gsm8k_prompts", "run_workload", "token_agreement"]
 
@@ -53,8 +54,32 @@ def token_agreement(reference: Sequence[Sequence[int]], other: Sequence[Sequence
     return sum(scores) / max(len(scores), 1)
 
 
+def _random_model(size: str, layers: int | None, kind: str, device: str, dtype: Any, seed: int) -> Any:
+    """A randomly initialised model of a benchmark size (no tokenizer), in eval mode."""
+    from retrofit.bench.configs import build_llada
+    from retrofit.models.flexmdm import FlexMDMModel
+
+    llada = build_llada(size, layers=layers, device=device, dtype=dtype, seed=seed).eval()
+    if kind == "llada":
+        return llada
+    return (
+        FlexMDMModel.from_llada(llada, canvas_width=2048, length_scale=4.0, seed=seed)
+        .to(device=device, dtype=dtype)
+        .eval()
+    )
+
+
+def _timed_sample(sampler: Any, rows: list[list[int]], seed: int, device: torch.device) -> tuple[Any, float]:
+    """(SampleOutput, wall seconds) of one sampler call (CUDA synchronised around it)."""
+    from retrofit.bench.common import time_once
+
+    outs: list[Any] = []
+    seconds = time_once(lambda: outs.append(sampler.sample(rows, seed=seed)), device)
+    return outs[0], seconds
+
+
 def run_workload(
-    model_dir: str | Path,
+    model_dir: str | Path | None,
     settings: dict[str, dict[str, Any]],
     *,
     prompts: int = 4,
@@ -63,9 +88,19 @@ def run_workload(
     block_length: int = 32,
     seed: int = 0,
     data_dir: str | None = None,
+    size: str = "tiny",
+    layers: int | None = None,
+    kind: str = "flexmdm",
+    device: str = "cpu",
+    dtype: str = "fp32",
     log: Any = print,
 ) -> dict[str, Any]:
     """Run every setting on the GSM8K-shaped workload; the first setting is the reference.
+
+    With ``model_dir`` None the model is a random one of benchmark ``size`` / ``layers`` and
+    ``kind`` ("flexmdm" or "llada"; length head scaled to ~4 insertions per gap) and the prompts are
+    random token ids of ``prompt_tokens`` tokens: cost and time are those of the shape, agreement
+    is that of an untrained model (`eval/bench/gpu.sh` runs the LLaDA-8B shape this way).
 
     Returns:
         payload {"benchmark": "sample-workload", "rows": [...], ...} with per-setting
@@ -76,24 +111,31 @@ def run_workload(
         ValueError: gen_tokens not a multiple of block_length (LLaDA), or a setting's steps not
             divisible by the number of LLaDA blocks.
     """
-    from retrofit.bench.common import machine_info
+    from retrofit.bench.common import autocast, machine_info, resolve_dtype
     from retrofit.bench.sample_settings import count_calls
     from retrofit.sampling.load import load_model, make_sampler
 
-    model, tokenizer, kind = load_model(model_dir, dtype="fp32", device="cpu")
-    rows_in = gsm8k_prompts(tokenizer, prompts, prompt_tokens, data_dir=data_dir)
-    layers = int(getattr(model.config, "num_hidden_layers", None) or model.config.n_layers)
+    if model_dir is not None:
+        model, tokenizer, kind = load_model(model_dir, dtype=dtype, device=device)
+        rows_in = gsm8k_prompts(tokenizer, prompts, prompt_tokens, data_dir=data_dir)
+    else:
+        from retrofit.bench.configs import SIZES
+
+        model, tokenizer = _random_model(size, layers, kind, device, resolve_dtype(dtype), seed), None
+        gen = torch.Generator().manual_seed(seed)
+        rows_in = torch.randint(
+            min(SIZES[size].mask_id, SIZES[size].pad_id), (prompts, prompt_tokens), generator=gen
+        ).tolist()
+    n_layers = int(getattr(model.config, "num_hidden_layers", None) or model.config.n_layers)
     rows, reference = [], None
     for name, options in settings.items():
         shape = (dict(max_length=max(map(len, rows_in)) + gen_tokens) if kind == "flexmdm"
                  else dict(gen_length=gen_tokens, block_length=block_length))  # fmt: skip
         sampler = make_sampler(model, tokenizer, kind, temperature=0.0, **shape, **options)
-        start = time.perf_counter()
-        with count_calls(model) as count:
-            out = sampler.sample(rows_in, seed=seed)
-        seconds = time.perf_counter() - start
+        with count_calls(model) as count, autocast(torch.device(device), resolve_dtype(dtype)):
+            out, seconds = _timed_sample(sampler, rows_in, seed, torch.device(device))
         row = {"setting": name, "kind": kind,
-               "trunk_position_layers_per_sample": count.trunk_positions * layers / len(rows_in),
+               "trunk_position_layers_per_sample": count.trunk_positions * n_layers / len(rows_in),
                "forward_passes_per_sample": count.rows / len(rows_in), "seconds_per_sample": seconds / len(rows_in),
                "mean_generated": sum(map(len, out.generated)) / len(rows_in)}  # fmt: skip
         if reference is None:
@@ -109,9 +151,15 @@ def run_workload(
             f"agreement {row['token_agreement']:.3f}")  # fmt: skip
     return {
         "benchmark": "sample-workload",
-        "machine": machine_info("cpu"),
-        "options": {"device": "cpu", "dtype": "fp32", "prompts": prompts, "steps": None},
-        "model_dir": str(model_dir),
+        "machine": machine_info(device),
+        "options": {
+            "device": device,
+            "dtype": dtype,
+            "prompts": prompts,
+            "size": None if model_dir else size,
+            "layers": layers,
+        },
+        "model_dir": None if model_dir is None else str(model_dir),
         "prompt_lengths": [len(p) for p in rows_in],
         "gen_tokens": gen_tokens,
         "rows": rows,

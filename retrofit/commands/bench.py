@@ -74,7 +74,10 @@ def _sample_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workload", choices=["gsm8k"], default=None,
                    help="instead: the GSM8K-shaped workload (~900-token few-shot prompts, up to 256 generated) "
                    "on --model, every setting vs the exact sampler (token agreement)")  # fmt: skip
-    p.add_argument("--model", default=None, metavar="DIR", help="with --workload: a FlexMDM or LLaDA folder")
+    p.add_argument("--model", default=None, metavar="DIR",
+                   help="with --workload: a FlexMDM or LLaDA folder (default: a random model of --size, random prompts)")  # fmt: skip
+    p.add_argument("--kind", choices=["flexmdm", "llada"], default="flexmdm",
+                   help="with --workload and no --model: which random model (default flexmdm)")  # fmt: skip
     p.add_argument("--tasks", nargs="+", default=["brackets", "maze"], help="with --repro (default both)")
     p.add_argument("--settings", nargs="+", default=None,
                    help="with --repro: setting names of retrofit.bench.sample_settings.SETTINGS (default all)")  # fmt: skip
@@ -125,10 +128,9 @@ def run_one(args: argparse.Namespace) -> dict[str, Any]:
         from retrofit.bench.sample_settings import SETTINGS, chosen_settings
         from retrofit.bench.sample_workload import run_workload
 
-        if not args.model:
-            raise ValueError("--workload gsm8k needs --model DIR (a FlexMDM or LLaDA folder)")
         return run_workload(args.model, chosen_settings(args.settings or list(SETTINGS)), prompts=args.prompts,
-                            seed=args.seed)  # fmt: skip
+                            seed=args.seed, size=args.size, layers=args.layers, kind=args.kind, device=args.device,
+                            dtype=args.dtype)  # fmt: skip
     if args.benchmark == "sample" and args.repro:
         from retrofit.bench.sample_settings import SETTINGS, run_sample_settings
 

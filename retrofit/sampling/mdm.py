@@ -36,7 +36,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from retrofit.sampling.batch import model_device, progress, repeat_rows
+from retrofit.sampling.batch import accepts_argument, model_device, progress, repeat_rows
 from retrofit.sampling.draws import RowRandom, resolve_row_keys
 from retrofit.sampling.mdm_config import MDMSamplerConfig
 from retrofit.sampling.prompt_cache import PromptCache
@@ -238,11 +238,23 @@ class MDMSampler:
         (spec §4.9 step 1). ``cache`` runs the model (a cached call returns the live columns)."""
         if cfg.cfg_scale > 0:
             unconditional = x.masked_fill(prompt_mask, self._mask_id(cfg))
-            both, offset = cache(self.model, torch.cat([x, unconditional]), torch.cat([attn, attn]))
-            cond, uncond = (
-                _gather_columns(both.logits, torch.cat([cols, cols]) - offset).float().chunk(2, dim=0)
+            both = self._block_logits(
+                torch.cat([x, unconditional]), torch.cat([attn, attn]), torch.cat([cols, cols]), cache
             )
+            cond, uncond = both.chunk(2, dim=0)
             return uncond + (cfg.cfg_scale + 1.0) * (cond - uncond)
+        return self._block_logits(x, attn, cols, cache)
+
+    def _block_logits(self, x: Tensor, attn: Tensor, cols: Tensor, cache: PromptCache) -> Tensor:
+        """Float32 logits [B, b, V] at each row's block columns ``cols`` [B, b] (ascending).
+
+        The LM head runs only there (``logits_mask``; it is much of a step's cost at a 126k
+        vocabulary) when the model takes it; rows of ``logits_mask.nonzero()`` come in row-major
+        order, i.e. each row's block columns in ascending order."""
+        if accepts_argument(self.model, "logits_mask"):
+            where = torch.zeros_like(x, dtype=torch.bool).scatter_(1, cols, True)
+            out, _ = cache(self.model, x, attn, logits_mask=where)
+            return out.logits.view(x.shape[0], cols.shape[1], -1).float()
         out, offset = cache(self.model, x, attn)
         return _gather_columns(out.logits, cols - offset).float()
 
