@@ -35,16 +35,21 @@ __all__ = [
     "summarize_settings",
 ]
 
+OFF = {"unmask_threshold": None, "prompt_cache": False}
+THRESHOLD = {"unmask_threshold": 0.9, "prompt_cache": False}
 FAST = {"unmask_threshold": 0.9, "prompt_cache": True, "cache_refresh": 4}
 SETTINGS: dict[str, dict[str, Any]] = {
-    "exact-256": {"steps": 256},
-    "steps-64": {"steps": 64},
-    "threshold-64": {"steps": 64, "unmask_threshold": 0.9},
+    "exact-256": {"steps": 256, **OFF},
+    "steps-64": {"steps": 64, **OFF},
+    "threshold-64": {"steps": 64, **THRESHOLD},
+    "threshold-32": {"steps": 32, **THRESHOLD},
     "fast-64": {"steps": 64, **FAST},
     "fast-32": {"steps": 32, **FAST},
 }
-"""Named settings: ``steps`` plus sampler config fields. ``exact-256`` is today's sampler at 256
-steps, the reference every other setting is compared with."""
+"""Named settings: ``steps`` plus sampler config fields, every fast-sampling field spelled out (the
+sampler defaults do not leak in). ``exact-256`` is the sampler without threshold or cache at 256
+steps, the reference every other setting is compared with; ``threshold-32`` is the FlexMDM's
+default (the LLaDA sampler's default is the threshold at 2 tokens per step)."""
 
 EXACT = "exact-256"
 

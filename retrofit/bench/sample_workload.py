@@ -13,6 +13,7 @@ and seeds: per row, tokens equal at the same index / the longer of the two gener
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -131,7 +132,8 @@ def run_workload(
     for name, options in settings.items():
         shape = (dict(max_length=max(map(len, rows_in)) + gen_tokens) if kind == "flexmdm"
                  else dict(gen_length=gen_tokens, block_length=block_length))  # fmt: skip
-        sampler = make_sampler(model, tokenizer, kind, temperature=0.0, **shape, **options)
+        sampler = make_sampler(model, tokenizer, kind, temperature=0.0, **shape)
+        sampler = dataclasses.replace(sampler, config=dataclasses.replace(sampler.config, **options))
         with count_calls(model) as count, autocast(torch.device(device), resolve_dtype(dtype)):
             out, seconds = _timed_sample(sampler, rows_in, seed, torch.device(device))
         row = {"setting": name, "kind": kind,

@@ -196,6 +196,7 @@ def _sampler_fields() -> set[str]:
 def load_generator(model_dir: str, args: argparse.Namespace, verb: str):
     """TextGenerator for `model_dir` with this verb's sampler settings."""
     from retrofit.evaluation.generation import TextGenerator, load_model_dir, process_device
+    from retrofit.sampling.fast_options import exact_sampler
     from retrofit.sampling.load import make_sampler
 
     check_lengths(model_dir, max_length=args.max_length, gen_length=args.gen_length)
@@ -206,6 +207,8 @@ def load_generator(model_dir: str, args: argparse.Namespace, verb: str):
         prompt_template=args.prompt_template,
     )
     sampler = make_sampler(model, tokenizer, kind, **sampler_overrides(args, verb, kind))
+    if args.exact:
+        sampler = exact_sampler(sampler)
     return TextGenerator(sampler, tokenizer, kind, batch_size=args.batch_size)
 
 

@@ -80,7 +80,10 @@ def add_fast_sampling_arguments(parser: argparse.ArgumentParser) -> None:
                         f"(default {Fast.unmask_threshold}: the model's sampler defaults)")  # fmt: skip
     parser.add_argument("--prompt-cache", action=argparse.BooleanOptionalAction, default=None,
                         help="reuse the prompt's keys / values between refreshes "
-                        f"(default {'on' if Fast.prompt_cache else 'off'})")  # fmt: skip
+                        f"(default {'on' if Fast.prompt_cache else 'off'}; with --cache-refresh > 1 a row's sample "
+                        "depends on the shortest prompt in its batch)")  # fmt: skip
+    parser.add_argument("--exact", action="store_true",
+                        help="the exact sampler: no threshold unmasking, no prompt cache (steps as given)")  # fmt: skip
     parser.add_argument("--cache-refresh", type=at_least(1), default=None, metavar="K",
                         help=f"with the prompt cache: recompute it every K model calls (default {Fast.cache_refresh}; "
                         "1 = exact)")  # fmt: skip
@@ -149,6 +152,7 @@ def load_sampler(args: argparse.Namespace, **extra: Any) -> tuple[Any, Any, str]
         ValueError: a sampler option is invalid, or a length exceeds the model's max_sequence_length.
     """
     from retrofit.evaluation.generation import load_model_dir
+    from retrofit.sampling.fast_options import exact_sampler
     from retrofit.sampling.load import make_sampler
 
     check_lengths(args.model_dir, max_length=extra.get("max_length"), gen_length=args.gen_length)
@@ -161,7 +165,8 @@ def load_sampler(args: argparse.Namespace, **extra: Any) -> tuple[Any, Any, str]
                    progress=True, trace=bool(args.trace_png) or None, **fast_sampling_options(args), **extra)  # fmt: skip
     if args.reference:
         options["reference"] = True
-    return make_sampler(model, tokenizer, kind, **options), tokenizer, kind
+    sampler = make_sampler(model, tokenizer, kind, **options)
+    return (exact_sampler(sampler) if args.exact else sampler), tokenizer, kind
 
 
 def encode_prompt(tokenizer: Any, text: str) -> list[int]:

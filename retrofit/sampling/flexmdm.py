@@ -190,7 +190,9 @@ class FlexMDMSampler:
             raise ValueError("sampler: no prompts given (pass prompts=None for unconditional samples)")
         cfg, mask_id = self.config, self._mask_id()
         st = self._initial_state(fronts, middles, backs, caps)
-        st.cache = PromptCache(cfg.cache_period(), int(st.pre.min()))  # fronts never move
+        st.cache = PromptCache(
+            None if cfg.reference else cfg.cache_period(), int(st.pre.min()), self.model
+        )  # fronts never move
         rand = RowRandom(keys).to(st.canvas.device)
         trace = Trace() if cfg.trace else None
         if trace is not None:
@@ -272,7 +274,9 @@ class FlexMDMSampler:
                 eligible = first_k_eligible(eligible, window_size(k, cfg.alpha_win, cfg.max_window, n_masks))
             conf = confidence(cfg.confidence, logits, eligible, st.lengths, rand, banned)
             chosen = select_top_k(conf, eligible, k)
-            if cfg.unmask_threshold is not None:  # also every confident slot (inside the window)
+            if (
+                cfg.unmask_threshold is not None and not cfg.reference
+            ):  # also every confident slot (in the window)
                 chosen |= above_threshold(logits, eligible, cfg.unmask_threshold, banned)
         u = rand.uniform(view.shape[0], width, view.device)
         temperature = 0.0 if argmax else cfg.temperature

@@ -61,7 +61,7 @@ class FlexMDMSamplerConfig(FastSamplingOptions):
         progress: show a tqdm progress bar.
     """
 
-    steps: int = 256
+    steps: int = 32
     max_length: int = 1024
     max_middle: int = 256
     confidence: str = "prob_diff"

@@ -178,7 +178,7 @@ class MDMSampler:
         in_gen = (pos >= region[:, None]) & (pos < (region + cfg.gen_length)[:, None])
         prompt_mask = attn.bool() & ~in_gen  # the given tokens (prompt, suffix): masked for CFG
         rand = RowRandom(keys).to(x.device)
-        cache = PromptCache(cfg.cache_period(), int(region.min()))  # prompts: columns 0..P_b-1
+        cache = PromptCache(cfg.cache_period(), int(region.min()), self.model)  # prompts: columns 0..P_b-1
         mask_id = self._mask_id(cfg)
         blocks = cfg.gen_length // cfg.block_length
         per_block = cfg.steps // blocks

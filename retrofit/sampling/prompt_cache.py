@@ -27,6 +27,8 @@ from typing import Any
 
 from torch import Tensor
 
+from retrofit.sampling.batch import accepts_argument
+
 __all__ = ["PromptCache"]
 
 
@@ -37,16 +39,20 @@ class PromptCache:
         refresh: k, the number of model calls a cache serves (the refresh call included);
             None = no cache (every call is the plain forward).
         prefix_len: P, columns 0..P-1 are prompt tokens in every row (0 = nothing to cache).
+        model: when given and its forward takes no ``cache_prefix`` (a model without the prefix
+            cache, e.g. a test double), the cache stays off.
 
     Raises:
         ValueError: refresh < 1 or prefix_len < 0.
     """
 
-    def __init__(self, refresh: int | None, prefix_len: int):
+    def __init__(self, refresh: int | None, prefix_len: int, model: Any = None):
         if refresh is not None and refresh < 1:
             raise ValueError(f"cache_refresh must be >= 1, got {refresh}")
         if prefix_len < 0:
             raise ValueError(f"prefix_len must be >= 0, got {prefix_len}")
+        if model is not None and not accepts_argument(model, "cache_prefix"):
+            refresh = None
         self.refresh, self.prefix_len = refresh, int(prefix_len)
         self._cache: Any = None
         self._age = 0

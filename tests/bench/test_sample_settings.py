@@ -57,7 +57,7 @@ def test_summary_compares_with_the_exact_setting():
 
 def test_settings_names_and_the_reference_first():
     assert list(chosen_settings(["fast-64"])) == [EXACT, "fast-64"]
-    assert SETTINGS[EXACT] == {"steps": 256}
+    assert SETTINGS[EXACT] == {"steps": 256, "unmask_threshold": None, "prompt_cache": False}
     with pytest.raises(ValueError, match="choose among"):
         chosen_settings(["warp-9"])
 
@@ -69,7 +69,7 @@ def test_token_agreement():
 
 
 def test_workload_runs_every_setting_on_one_shape(tiny_flexmdm_dir, data_dir):
-    settings = {EXACT: {"steps": 8}, "fast": {"steps": 4, "unmask_threshold": 0.5, "prompt_cache": True,
+    settings = {EXACT: {"steps": 8, "unmask_threshold": None, "prompt_cache": False}, "fast": {"steps": 4, "unmask_threshold": 0.5, "prompt_cache": True,
                                                "cache_refresh": 2}}  # fmt: skip
     payload = run_workload(tiny_flexmdm_dir, settings, prompts=2, prompt_tokens=40, gen_tokens=8,
                            data_dir=str(data_dir), log=lambda _: None)  # fmt: skip

@@ -17,10 +17,11 @@ def _run(capsys, *argv: str) -> tuple[str, int]:
 def test_generate_threshold_and_cache_flags(capsys, tiny_llada_dir):
     common = ["generate", str(tiny_llada_dir), "--prompt", "a b c d", "--prompt", "e f", "--gen-length", "8",
               "--block-length", "4", "--steps", "8", "--temperature", "1", "--seed", "2"]  # fmt: skip
-    plain, plain_passes = _run(capsys, *common)
-    assert plain_passes == 8
+    exact, exact_passes = _run(capsys, *common, "--exact")
+    assert exact_passes == 8  # schedule only: every step of both blocks
+    no_cache, _ = _run(capsys, *common, "--no-prompt-cache")
     cached, _ = _run(capsys, *common, "--prompt-cache", "--cache-refresh", "1")
-    assert cached == plain  # refresh 1 = no cache, exactly
+    assert cached == no_cache  # refresh 1 = no cache, exactly (threshold on by default)
     _, fast_passes = _run(capsys, *common, "--unmask-threshold", "1e-9")
     assert fast_passes == 2  # every slot clears the threshold: one pass per block
 

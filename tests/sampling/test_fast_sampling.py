@@ -39,12 +39,15 @@ def prompts() -> list[list[int]]:
 @pytest.fixture(scope="module")
 def flexmdm() -> FlexMDMSampler:
     model = FlexMDMModel.from_llada(_trunk(n_kv_heads=2), canvas_width=40, length_scale=3.0, seed=0).eval()
-    return FlexMDMSampler(model, FlexMDMSamplerConfig(steps=12, max_length=40, temperature=1.0))
+    exact = dict(unmask_threshold=None, prompt_cache=False)  # the sampler without either option
+    return FlexMDMSampler(model, FlexMDMSamplerConfig(steps=12, max_length=40, temperature=1.0, **exact))
 
 
 @pytest.fixture(scope="module")
 def llada() -> MDMSampler:
-    return MDMSampler(_trunk(), MDMSamplerConfig(gen_length=16, block_length=8, steps=8, temperature=1.0))
+    config = MDMSamplerConfig(gen_length=16, block_length=8, steps=8, temperature=1.0, unmask_threshold=None,
+                              prompt_cache=False)  # fmt: skip
+    return MDMSampler(_trunk(), config)
 
 
 def _with(sampler, **options):
@@ -138,3 +141,14 @@ def test_bad_options_are_refused(bad):
     for cls in (FlexMDMSamplerConfig, MDMSamplerConfig):
         with pytest.raises(ValueError, match="unmask_threshold must be in|cache_refresh must be >= 1"):
             cls(**bad)
+
+
+def test_the_defaults_are_the_fast_settings_and_exact_sampler_turns_them_off(llada):
+    from retrofit.sampling.fast_options import exact_sampler
+
+    for config in (FlexMDMSamplerConfig(), MDMSamplerConfig()):
+        assert (config.unmask_threshold, config.prompt_cache, config.cache_refresh) == (0.9, False, 4)
+    assert FlexMDMSamplerConfig().steps == 32
+    fast = _with(llada, unmask_threshold=0.5, prompt_cache=True, cache_refresh=3)
+    exact = exact_sampler(fast)
+    assert (exact.config.unmask_threshold, exact.config.prompt_cache, exact.config.steps) == (None, False, 8)
