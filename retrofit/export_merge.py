@@ -3,7 +3,7 @@
 `plan_merge` checks everything from safetensors headers only (names, shapes, LoRA factor
 shapes, missing / unknown tensors) before any weight is read, so a bad input fails fast and
 names the file. `iter_merged` then reads one base tensor at a time (`safe_open`, memory-mapped),
-merges W' = W + scaling * (B @ A) in fp32 (spec §2.8) and yields it; `retrofit.export_shards`
+merges W' = W + scaling * (B @ A) in fp32 (docs/method.md §2.8) and yields it; `retrofit.export_shards`
 writes it straight to its output shard. Peak memory: see `retrofit.export`.
 """
 
@@ -178,7 +178,7 @@ def _check_lora(source: str, key: str, shape: tuple[int, ...], lora: LoraDelta) 
 
 
 def merge_lora(weight: torch.Tensor, lora: LoraDelta) -> torch.Tensor:
-    """W' = W + scaling * (B @ A), computed in fp32 (spec §2.8), same operation order as peft.
+    """W' = W + scaling * (B @ A), computed in fp32 (docs/method.md §2.8), same operation order as peft.
 
     Args:
         weight: [out, in] base weight (any float dtype; not modified).

@@ -11,7 +11,7 @@ Three sources, one result (`TrainedWeights`, names relative to the un-wrapped mo
   `get_fp32_state_dict_from_zero_checkpoint` (lazily imported), only with `trust=True`. Keys carry
   the live peft names (`...lora_A.default.weight`, `...modules_to_save.default.<param>`).
 
-LoRA scaling follows peft (spec §2.8): alpha / r, or alpha / sqrt(r) with rsLoRA, with
+LoRA scaling follows peft (docs/method.md §2.8): alpha / r, or alpha / sqrt(r) with rsLoRA, with
 `rank_pattern` / `alpha_pattern` resolved per module like peft's `get_pattern_key`.
 """
 
@@ -47,7 +47,7 @@ _UNSUPPORTED_CONFIG = {
 
 @dataclass
 class LoraDelta:
-    """One LoRA-adapted Linear: delta W = scaling * B @ A (spec §2.8).
+    """One LoRA-adapted Linear: delta W = scaling * B @ A (docs/method.md §2.8).
 
     Attributes:
         A: [r, in_features] lora_A weight (any float dtype, as stored).
@@ -105,7 +105,7 @@ def load_adapter_config(ckpt: Path, manifest: dict) -> dict:
 
 
 def lora_scaling(config: dict, module: str, rank: int) -> float:
-    """peft's scaling for `module`: alpha / r, or alpha / sqrt(r) with use_rslora (spec §2.8)."""
+    """peft's scaling for `module`: alpha / r, or alpha / sqrt(r) with use_rslora (docs/method.md §2.8)."""
     alpha = config.get("lora_alpha", 8)
     for pattern, value in (config.get("alpha_pattern") or {}).items():
         if re.match(rf"(.*\.)?({pattern})$", module):

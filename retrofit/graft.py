@@ -1,4 +1,4 @@
-"""Write the initial FlexMDM checkpoint grafted onto a LLaDA folder (spec §2.4-2.6, §2.10).
+"""Write the initial FlexMDM checkpoint grafted onto a LLaDA folder (docs/method.md §2.4-2.6, §2.10).
 
 The output folder holds `config.json` (model_type "flexmdm", the LLaDA config nested under
 `backbone`), sharded safetensors weights (backbone tensors under `backbone.model.transformer.*`,
@@ -8,7 +8,7 @@ place, so an interrupted graft never leaves a half-written checkpoint.
 
 The saved dtype defaults to the base's stored dtype (`stored_dtype`: the safetensors headers,
 else config.json `dtype` / `torch_dtype`): bf16 for the official LLaDA-8B, fp32 for an fp32
-base, so the grafted model at init computes exactly its base's logits (spec §2.10). Casting
+base, so the grafted model at init computes exactly its base's logits (docs/method.md §2.10). Casting
 (`--dtype bf16` on an fp32 base) changes the backbone's weights and therefore its logits.
 
 Usage:

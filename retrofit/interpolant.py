@@ -1,7 +1,7 @@
 """FlexMDM joint interpolant: training times, hitting times -> noisy canvas x_t, gaps and targets.
 
-Implements spec §1.3-1.5 (hitting times, compaction, gaps, prompt protection) and §3.5 (stratified
-time sampling), with the invariants and test vectors of spec §7.1. Everything is vectorised over
+Implements docs/method.md §1.3-1.5 (hitting times, compaction, gaps, prompt protection) and §3.5 (stratified
+time sampling), with the invariants and test vectors of docs/method.md §7.1. Everything is vectorised over
 batch and sequence and stays on the device of its inputs.
 
 Typical use in a collator::
@@ -44,7 +44,7 @@ IGNORE_INDEX = -100
 """Value of ``targets`` at slots without an unmasking target."""
 
 UNMASK_RATE_EPS = 1e-6
-"""Guard of the unmasking weight 1 / (1 - t + 1e-6) (spec §3.2)."""
+"""Guard of the unmasking weight 1 / (1 - t + 1e-6) (docs/method.md §3.2)."""
 
 
 # --------------------------------------------------------------------------- x_t (§1.3-1.5)
@@ -52,7 +52,7 @@ UNMASK_RATE_EPS = 1e-6
 
 @dataclass
 class InterpolantSample:
-    """One batch of the FlexMDM interpolant at times t (spec §1.4).
+    """One batch of the FlexMDM interpolant at times t (docs/method.md §1.4).
 
     Attributes:
         x_t: long [B, L], clean tokens and mask ids left-aligned, pad_id after n.
@@ -65,8 +65,8 @@ class InterpolantSample:
             0 for j > n.
         gap_mask: bool [B, L + 1], j <= n.
         t: float32 [B], the time of each row.
-        weight_unmask: float32 [B], w_u = h_beta(t) with the 1e-6 guard (spec §3.2).
-        weight_insert: float32 [B], w_i = h_alpha(t) (spec §3.2).
+        weight_unmask: float32 [B], w_u = h_beta(t) with the 1e-6 guard (docs/method.md §3.2).
+        weight_insert: float32 [B], w_i = h_alpha(t) (docs/method.md §3.2).
     """
 
     x_t: Tensor
@@ -129,22 +129,23 @@ def build_x_t(
     unmasking_schedule: Schedule | str | dict = "linear",
     unmask_rate_eps: float = UNMASK_RATE_EPS,
 ) -> InterpolantSample:
-    """Materialise x_t, s_t, gaps and targets from given hitting times (spec §1.4-1.5), deterministically.
+    """Materialise x_t, s_t, gaps and targets from given hitting times (docs/method.md §1.4-1.5),
+    deterministically.
 
     Token i (real, not protected) is deleted if t < T1_i, masked if T1_i <= t < T2_i, clean
     otherwise; protected tokens are always clean. Kept entries are compacted to the front in order;
-    g_j = s_t(j) - s_t(j-1) - 1 with sentinels s_t(-1) = -1, s_t(n) = l (spec §1.4).
+    g_j = s_t(j) - s_t(j-1) - 1 with sentinels s_t(-1) = -1, s_t(n) = l (docs/method.md §1.4).
 
     Args:
         x1: long [B, L], clean tokens.
         x1_mask: bool [B, L], real tokens of x1 (left-aligned: True then False); l = row sum.
         T1: float [B, L], insertion times. T2: float [B, L], unmasking times (>= T1).
         t: float [B], times in [0, 1].
-        protected: bool [B, L], prompt tokens (spec §1.5; may be a prefix and a suffix).
+        protected: bool [B, L], prompt tokens (docs/method.md §1.5; may be a prefix and a suffix).
         mask_id: mask token id. pad_id: pad token id written after n.
         insertion_schedule / unmasking_schedule: alpha / beta (anything make_schedule accepts),
             used only for the loss weights.
-        unmask_rate_eps: guard of w_u = beta'/(1 - beta + eps) (spec §3.2).
+        unmask_rate_eps: guard of w_u = beta'/(1 - beta + eps) (docs/method.md §3.2).
 
     Returns:
         InterpolantSample of width L (gaps L + 1).
@@ -189,7 +190,8 @@ def build_x_t(
 
 
 def _gaps(src_index: Tensor, slot_mask: Tensor, lengths: Tensor, ell: Tensor) -> tuple[Tensor, Tensor]:
-    """Gap counts [B, L+1] float32 and gap mask [B, L+1] bool via diffs with sentinels (spec §1.4)."""
+    """Gap counts [B, L+1] float32 and gap mask [B, L+1] bool via diffs with sentinels
+    (docs/method.md §1.4)."""
     B, L = src_index.shape
     ell = ell[:, None]
     pos = torch.cat([torch.where(slot_mask, src_index, ell), ell], dim=1)  # s_t(j), = l for j >= n
@@ -200,7 +202,7 @@ def _gaps(src_index: Tensor, slot_mask: Tensor, lengths: Tensor, ell: Tensor) ->
 
 
 def _elbo_weights(t: Tensor, alpha: Any, beta: Any, eps: float) -> tuple[Tensor, Tensor]:
-    """(w_u, w_i) = (h_beta(t) with guard eps, h_alpha(t)), float32 [B] (spec §3.2)."""
+    """(w_u, w_i) = (h_beta(t) with guard eps, h_alpha(t)), float32 [B] (docs/method.md §3.2)."""
     w_u = make_schedule(beta).rate(t.double(), eps=eps)
     w_i = make_schedule(alpha).rate(t.double())
     return w_u.float(), w_i.float()
@@ -238,7 +240,7 @@ def sample_interpolant(
     *,
     unmask_rate_eps: float = UNMASK_RATE_EPS,
 ) -> InterpolantSample:
-    """Draw hitting times (spec §1.3) and build x_t (spec §1.4-1.5) for a batch.
+    """Draw hitting times (docs/method.md §1.3) and build x_t (§1.4-1.5) for a batch.
 
     T1 = alpha^{-1}(u) with the eps clamp, T2 = beta^{-1} truncated to [T1, 1], independently per
     token; then :func:`build_x_t`. Args as in :func:`build_x_t`, plus ``generator`` for the

@@ -1,10 +1,10 @@
 """FlexMDM training loss (unmasking CE + Poisson-Bregman length loss) and the LLaDA baseline loss.
 
-FlexMDM (spec §3.2-3.3): per sample,
+FlexMDM (docs/method.md §3.2-3.3): per sample,
     L_unmask = w_u(t) * sum_{mask slots j} CE(logits_j, x1[s_t(j)])
     L_len    = w_i(t) * sum_{j = 0..n} D(g_j, g_hat_j),  D(x, y) = y - x + x (ln x - ln y),
 summed over the batch and divided by (B * normalizer) (normalizer = canvas width, 1024 in the 8B
-recipe). LLaDA baseline (spec §3.6): sum over masked response positions of CE / p, divided by
+recipe). LLaDA baseline (docs/method.md §3.6): sum over masked response positions of CE / p, divided by
 (B * normalizer).
 
 Token logits may be given for the whole canvas [B, L, V] or only for the mask slots [N, V]
@@ -35,12 +35,13 @@ __all__ = [
 ]
 
 BREGMAN_CLAMP = 1e-6
-"""Both arguments of D are clamped below at this value (spec §3.2)."""
+"""Both arguments of D are clamped below at this value (docs/method.md §3.2)."""
 
 
 @dataclass
 class FlexMDMLossOutput:
-    """Scalar float32 tensors: ``total = unmask + length`` (spec §3.2-3.3), all already normalised."""
+    """Scalar float32 tensors: ``total = unmask + length`` (docs/method.md §3.2-3.3), all already
+    normalised."""
 
     total: Tensor
     unmask: Tensor
@@ -49,7 +50,7 @@ class FlexMDMLossOutput:
 
 @dataclass
 class MDMSample:
-    """LLaDA-style masked batch (spec §3.6).
+    """LLaDA-style masked batch (docs/method.md §3.6).
 
     Attributes:
         x_t: long [B, L], x1 with masked positions set to mask_id.
@@ -65,7 +66,8 @@ class MDMSample:
 
 
 def bregman_poisson(g: Tensor, g_hat: Tensor, eps: float = BREGMAN_CLAMP) -> Tensor:
-    """Generalised-KL (Poisson) Bregman divergence D(x, y) = y - x + x (ln x - ln y), elementwise (spec §3.2).
+    """Generalised-KL (Poisson) Bregman divergence D(x, y) = y - x + x (ln x - ln y), elementwise
+    (docs/method.md §3.2).
 
     Both arguments are clamped below at ``eps`` (so D(0, y) ~= y). D >= 0, with equality iff
     g = g_hat (for g >= eps); dD/dg_hat = 1 - g / g_hat where g_hat > eps (0 below the clamp).
@@ -147,7 +149,7 @@ def flexmdm_loss(
     mask_slots: Tensor | None = None,
     row_index: Tensor | None = None,
 ) -> FlexMDMLossOutput:
-    """FlexMDM loss of one micro-batch (spec §3.2-3.3).
+    """FlexMDM loss of one micro-batch (docs/method.md §3.2-3.3).
 
     unmask = sum_b w_u[b] sum_{mask slots j of b} CE_bj / (B * normalizer);
     length = sum_b w_i[b] sum_{j <= n_b} D(g_bj, g_hat_bj) / (B * normalizer); total = unmask + length.
@@ -194,7 +196,8 @@ def mdm_loss(
     mask_slots: Tensor | None = None,
     row_index: Tensor | None = None,
 ) -> Tensor:
-    """LLaDA baseline loss sum_{masked response positions} CE / p, divided by (B * normalizer) (spec §3.6).
+    """LLaDA baseline loss sum_{masked response positions} CE / p, divided by (B * normalizer)
+    (docs/method.md §3.6).
 
     Args:
         token_logits: [B, L, V] or [N, V] (layouts of :func:`masked_cross_entropy`).
@@ -224,7 +227,8 @@ def mdm_forward_mask(
     *,
     t_eps: float = 1e-3,
 ) -> MDMSample:
-    """LLaDA forward process: mask each response position independently with p = (1 - eps) t + eps (spec §3.6).
+    """LLaDA forward process: mask each response position independently with p = (1 - eps) t + eps
+    (docs/method.md §3.6).
 
     Args:
         x1: long [B, L], the full canvas (prompt, response, pad/EOS tail).

@@ -1,8 +1,8 @@
 """Insertion / unmasking schedules of FlexMDM and inverse-CDF sampling of hitting times.
 
-A schedule a: [0, 1] -> [0, 1] is an increasing CDF-like curve (spec §1.2). The insertion
+A schedule a: [0, 1] -> [0, 1] is an increasing CDF-like curve (docs/method.md §1.2). The insertion
 schedule alpha is the CDF of a token's insertion time T1; the unmasking schedule beta drives the
-unmasking time T2 >= T1 (spec §1.3). Every schedule exposes the value ``alpha(t)``, the derivative
+unmasking time T2 >= T1 (docs/method.md §1.3). Every schedule exposes the value ``alpha(t)``, the derivative
 ``alpha_prime(t)``, the inverse ``inverse(u)`` and the hazard ``rate(t) = a'(t) / (1 - a(t))``.
 
 All methods accept python floats (returning a python float) or floating tensors of any shape and
@@ -42,7 +42,7 @@ __all__ = [
 ]
 
 HITTING_TIME_EPS = 1e-6
-"""The clamp T1 <- eps + (1 - eps) T1 of spec §1.3 / §3.5."""
+"""The clamp T1 <- eps + (1 - eps) T1 of docs/method.md §1.3 / §3.5."""
 
 
 def _work_dtype(device: torch.device) -> torch.dtype:
@@ -50,7 +50,7 @@ def _work_dtype(device: torch.device) -> torch.dtype:
 
 
 class Schedule(ABC):
-    """Abstract schedule a(t) on [0, 1] (spec §1.2).
+    """Abstract schedule a(t) on [0, 1] (docs/method.md §1.2).
 
     Subclasses implement the float64 tensor functions ``_alpha``, ``_alpha_prime``, ``_inverse``
     and ``_one_minus_alpha`` (a numerically stable 1 - a(t)); the public methods handle python
@@ -84,15 +84,15 @@ class Schedule(ABC):
         return float(fn(torch.tensor(float(x), dtype=torch.float64)))
 
     def alpha(self, t: float | Tensor) -> float | Tensor:
-        """Schedule value a(t) (spec §1.2). Same shape/dtype/device as ``t``."""
+        """Schedule value a(t) (docs/method.md §1.2). Same shape/dtype/device as ``t``."""
         return self._apply(self._alpha, t)
 
     def alpha_prime(self, t: float | Tensor) -> float | Tensor:
-        """Derivative a'(t) with respect to t (spec §1.2). Same shape/dtype/device as ``t``."""
+        """Derivative a'(t) with respect to t (docs/method.md §1.2). Same shape/dtype/device as ``t``."""
         return self._apply(self._alpha_prime, t)
 
     def inverse(self, u: float | Tensor) -> float | Tensor:
-        """Inverse a^{-1}(u), used for inverse-CDF sampling (spec §1.2, §1.3).
+        """Inverse a^{-1}(u), used for inverse-CDF sampling (docs/method.md §1.2, §1.3).
 
         ``u`` outside the range of a maps outside [0, 1] (geometric) or is clamped to [0, 1]
         (sin, cosine), as in the reference code.
@@ -100,7 +100,7 @@ class Schedule(ABC):
         return self._apply(self._inverse, u)
 
     def rate(self, t: float | Tensor, eps: float = 0.0) -> float | Tensor:
-        """Hazard h(t) = a'(t) / (1 - a(t) + eps) (spec §1.1, §1.2; guard eps of spec §3.2).
+        """Hazard h(t) = a'(t) / (1 - a(t) + eps) (docs/method.md §1.1, §1.2; guard eps of §3.2).
 
         ``1 - a(t)`` is evaluated in a cancellation-free closed form per schedule, so the cosine
         hazard equals its closed form (pi/2) tan(pi t / 2) and the linear one 1 / (1 - t + eps).
@@ -115,7 +115,7 @@ class Schedule(ABC):
 
 @dataclass(frozen=True)
 class LinearSchedule(Schedule):
-    """a(t) = t; hazard 1 / (1 - t) (spec §1.2)."""
+    """a(t) = t; hazard 1 / (1 - t) (docs/method.md §1.2)."""
 
     name: ClassVar[str] = "linear"
 
@@ -134,7 +134,7 @@ class LinearSchedule(Schedule):
 
 @dataclass(frozen=True)
 class GeometricSchedule(Schedule):
-    """a(t) = exp(-min^{1-t} max^t) (spec §1.2); the retrofit's insertion schedule (10, 0.01).
+    """a(t) = exp(-min^{1-t} max^t) (docs/method.md §1.2); the retrofit's insertion schedule (10, 0.01).
 
     Not a proper CDF on [0, 1]: a(0) = exp(-min) > 0 and a(1) = exp(-max) < 1, so inverse-CDF
     sampling gives a few negative (always inserted) and > 1 (never inserted) hitting times.
@@ -177,7 +177,7 @@ class GeometricSchedule(Schedule):
 
 @dataclass(frozen=True)
 class SinSchedule(Schedule):
-    """a(t) = sin(pi t / 2) (spec §1.2)."""
+    """a(t) = sin(pi t / 2) (docs/method.md §1.2)."""
 
     name: ClassVar[str] = "sin"
 
@@ -197,7 +197,7 @@ class SinSchedule(Schedule):
 
 @dataclass(frozen=True)
 class CosineSchedule(Schedule):
-    """a(t) = 1 - cos(pi t / 2); hazard (pi/2) tan(pi t / 2) (spec §1.2)."""
+    """a(t) = 1 - cos(pi t / 2); hazard (pi/2) tan(pi t / 2) (docs/method.md §1.2)."""
 
     name: ClassVar[str] = "cosine"
 
@@ -216,7 +216,7 @@ class CosineSchedule(Schedule):
 
 @dataclass(frozen=True)
 class PolynomialSchedule(Schedule):
-    """a(t) = t^exponent (spec §1.2).
+    """a(t) = t^exponent (docs/method.md §1.2).
 
     Args:
         exponent: e > 0.
@@ -336,10 +336,10 @@ def sample_hitting_times(
     device: torch.device | str | None = None,
     dtype: torch.dtype = torch.float32,
 ) -> Tensor:
-    """Insertion times T1 = a^{-1}(u), then T1 <- eps + (1 - eps) T1, eps = 1e-6 (spec §1.3).
+    """Insertion times T1 = a^{-1}(u), then T1 <- eps + (1 - eps) T1, eps = 1e-6 (docs/method.md §1.3).
 
     P(T1 <= s) = a(s). For the geometric schedule, u > a(1) gives T1 > 1 (never inserted during
-    training) and u < a(0) gives T1 < 0 (always inserted); this is the method (spec §1.2).
+    training) and u < a(0) gives T1 < 0 (always inserted); this is the method (docs/method.md §1.2).
 
     Args:
         schedule: the insertion schedule alpha.
@@ -365,7 +365,8 @@ def sample_unmasking_times(
     generator: torch.Generator | None = None,
     u: Tensor | None = None,
 ) -> Tensor:
-    """Unmasking times T2 = b^{-1}(u' (1 - b(T1)) + b(T1)), the truncation of b to [T1, 1] (spec §1.3).
+    """Unmasking times T2 = b^{-1}(u' (1 - b(T1)) + b(T1)), the truncation of b to [T1, 1]
+    (docs/method.md §1.3).
 
     For linear b this is T2 = T1 + u' (1 - T1). For T1 outside [0, 1] (geometric insertion) b is
     evaluated at T1 clamped to [0, 1]: T1 > 1 gives T2 = T1 (never unmasked), T1 < 0 gives

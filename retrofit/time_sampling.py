@@ -1,4 +1,4 @@
-"""Training times t (spec §3.5): uniform, per-rank stratified and banded sampling, t_min clamp.
+"""Training times t (docs/method.md §3.5): uniform, per-rank stratified and banded sampling, t_min clamp.
 
 `sample_times` draws t for one micro-batch ("uniform" / "stratified"); `banded_times` gives each
 micro-step of an optimizer step one contiguous band of t, the same on every rank, so the strata
@@ -36,7 +36,7 @@ def sample_times(
     device: torch.device | str | None = None,
     u: Tensor | None = None,
 ) -> Tensor:
-    """Training times of one micro-batch (spec §3.5).
+    """Training times of one micro-batch (docs/method.md §3.5).
 
     Stratified ("low-discrepancy"): tau_i = (rank * B + i + u_i) / (B * W), so the W ranks of one
     micro-step jointly cover W * B equal strata of [0, 1). Otherwise tau_i = u_i. Then
@@ -120,7 +120,7 @@ def banded_times(
     u: Tensor | None = None,
     device: torch.device | str | None = None,
 ) -> Tensor:
-    """Banded stratified times t [B] for one micro-batch (spec §3.5, banded variant).
+    """Banded stratified times t [B] for one micro-batch (docs/method.md §3.5, banded variant).
 
     tau = (stratum + u) / (G * W * B) with the strata of :func:`banded_strata`, then
     t = (1 - t_min) tau + t_min. Determinism: the band assignment depends only on (seed, step)

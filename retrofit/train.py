@@ -341,7 +341,8 @@ def build_datasets(recipe: Recipe, tokenizer: Any) -> tuple[Any, Any]:
     if not recipe.data.eval:
         return train, None
     evalset = build_mixture(recipe.data.eval, tokenizer, **kw)[0]
-    # fixed times t_i = (1 - 1e-3) i / (N - 1) + 1e-3: comparable eval losses across steps (spec §5.2)
+    # fixed times t_i = (1 - 1e-3) i / (N - 1) + 1e-3: comparable eval losses across steps
+    # (docs/method.md §5.2)
     grid = (1 - 1e-3) * torch.linspace(0, 1, len(evalset), dtype=torch.float64) + 1e-3
     return train, evalset.add_column("t", grid.tolist())
 
@@ -378,7 +379,7 @@ def build_collator(recipe: Recipe, model: torch.nn.Module, tokenizer: Any, args:
         insertion_schedule=recipe.objective.insertion_schedule,
         unmasking_schedule=recipe.objective.unmasking_schedule,
         # The data's canvas (infilling: max_length + 2k); config.canvas_width only sets the
-        # length scale / normaliser, which later stages keep (spec §9.7).
+        # length scale / normaliser, which later stages keep (docs/method.md §9.7).
         canvas_width=canvas_width(recipe, tokenizer),
         time_mode=recipe.objective.time_sampling,
         trim=recipe.objective.trim,

@@ -11,8 +11,8 @@ Checks, in order:
    run (the official LLaDA code breaks on transformers 5.x), the comparison is reported as
    "skipped: ..." with the reason and the transformers version, plus a WARNING; a comparison
    that did not run is never reported as "matched";
-4. tokenizer facts (spec §8.4): bos / eos / pad / mask ids, chat template, how the
-   "<infill-boundary>" string tokenizes (spec §1.7), whether `tokenizer(text)` prepends BOS.
+4. tokenizer facts (docs/method.md §8.4): bos / eos / pad / mask ids, chat template, how the
+   "<infill-boundary>" string tokenizes (docs/method.md §1.7), whether `tokenizer(text)` prepends BOS.
 
 Why not `AutoModel.from_pretrained(DIR, trust_remote_code=True)`: `import retrofit.models`
 (imported by this module and by every retrofit verb that loads a model) registers retrofit's
@@ -218,7 +218,7 @@ def compare_remote(
 
 
 def tokenizer_facts(report: VerifyReport, path: Path, config) -> None:
-    """Add tokenizer facts / problems to `report` (spec §8.4, §1.7)."""
+    """Add tokenizer facts / problems to `report` (docs/method.md §8.4, §1.7)."""
     from transformers import AutoTokenizer
 
     if not ((path / "tokenizer.json").is_file() or (path / "tokenizer_config.json").is_file()):

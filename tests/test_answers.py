@@ -1,4 +1,4 @@
-"""Tests for retrofit.evaluation.answers: GSM8K answer extraction and scoring (spec §6.1)."""
+"""Tests for retrofit.evaluation.answers: GSM8K answer extraction and scoring (docs/method.md §6.1)."""
 
 from __future__ import annotations
 

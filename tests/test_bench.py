@@ -28,7 +28,7 @@ def test_parameter_counts_of_the_shapes():
     # 100m: 2 V d + layers (4 d^2 + 3 d H + 2 d) + d with V 8192, d 768, H 2048, 12 layers
     counts = parameter_counts(build_llada("100m", device="meta"))
     assert counts == {"total": 97_536_768, "embedding": 6_291_456, "lm_head": 6_291_456, "trunk": 84_953_856}
-    # the full LLaDA-8B shape (spec §2.9: 8 015 581 184 parameters)
+    # the full LLaDA-8B shape (docs/method.md §2.9: 8 015 581 184 parameters)
     assert parameter_counts(build_llada("8b", device="meta"))["total"] == 8_015_581_184
     assert len(build_llada("8b", layers=2, device="meta").model.transformer.blocks) == 2
 

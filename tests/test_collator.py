@@ -194,7 +194,8 @@ def test_counter_determinism_and_resume() -> None:
 def test_given_times_and_errors() -> None:
     out = collator()([{**f, "t": 0.25} for f in features([10, 20])])
     assert out["t"].tolist() == [0.25, 0.25]
-    assert out["weight_insert"][0].item() == pytest.approx(2.496903, rel=1e-5)  # spec §1.2 table, h(0.25)
+    # docs/method.md §1.2 table, h(0.25)
+    assert out["weight_insert"][0].item() == pytest.approx(2.496903, rel=1e-5)
     assert out["weight_unmask"][0].item() == pytest.approx(1 / (0.75 + 1e-6), rel=1e-6)
     with pytest.raises(ValueError, match="canvas_width is 48"):
         collator()(features([49]))

@@ -1,6 +1,6 @@
 """Tests of the infilling formats and builder (retrofit.data.infill_format, retrofit.data.infill).
 
-Split ranges are checked over 200 seeds x 64 rows against spec §1.7:
+Split ranges are checked over 200 seeds x 64 rows against docs/method.md §1.7:
 flexmdm e in [c, l-3], f in [e+1, l-1]; fim e in [c, l-1], f in [e+1, l] (suffix may be empty).
 """
 

@@ -1,4 +1,5 @@
-"""Tests of the GSM8K runner (retrofit.evaluation.gsm8k) and `retrofit eval gsm8k` (spec §5.2, §6.1)."""
+"""Tests of the GSM8K runner (retrofit.evaluation.gsm8k) and `retrofit eval gsm8k`
+(docs/method.md §5.2, §6.1)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Tests of the HumanEval-infilling runner and `retrofit eval humaneval-infill` (spec §6.2)."""
+"""Tests of the HumanEval-infilling runner and `retrofit eval humaneval-infill` (docs/method.md §6.2)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Tests of the length-statistics runner and `retrofit eval length` (spec §6.4)."""
+"""Tests of the length-statistics runner and `retrofit eval length` (docs/method.md §6.4)."""
 
 from __future__ import annotations
 

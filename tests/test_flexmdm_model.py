@@ -1,5 +1,5 @@
 """Tests of retrofit.models.flexmdm: graft identity, canvas independence, time embedding, sizes,
-logits_mask, gradient checkpointing, save/load round trip (spec §2.1-2.10, §7.4)."""
+logits_mask, gradient checkpointing, save/load round trip (docs/method.md §2.1-2.10, §7.4)."""
 
 from __future__ import annotations
 
@@ -113,7 +113,7 @@ def test_graft_identity_equals_base_llada_exactly(base: LLaDAModelLM, model: Fle
 def test_outputs_ignore_t_at_init_and_depend_on_it_after_training(model: FlexMDMModel) -> None:
     ids, slot_mask = random_canvas([10, 6], width=10)
     early, late = (model(ids, t, attention_mask=slot_mask) for t in (0.1, 0.9))
-    assert torch.equal(early.logits, late.logits)  # spec §7.4.2
+    assert torch.equal(early.logits, late.logits)  # docs/method.md §7.4.2
     assert torch.equal(early.expected_gaps, late.expected_gaps)
     perturb_adaln(model)
     early, late = (model(ids, t, attention_mask=slot_mask) for t in (0.1, 0.9))

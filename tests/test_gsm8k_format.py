@@ -1,4 +1,5 @@
-"""Tests for retrofit.data.gsm8k_format: prompt / target layout, gold parsing, loading (spec §5.2, §6.1)."""
+"""Tests for retrofit.data.gsm8k_format: prompt / target layout, gold parsing, loading
+(docs/method.md §5.2, §6.1)."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from retrofit.data.gsm8k_format import (
 from retrofit.evaluation.answers import extract_answer
 
 DATA_DIR = Path(os.environ.get("RETROFIT_DATA_DIR", ""))  # set by conftest.py (the local data copy)
-# LLaDA-style chat template (spec §8.4), enough to exercise apply_chat_template for real.
+# LLaDA-style chat template (docs/method.md §8.4), enough to exercise apply_chat_template for real.
 CHAT_TEMPLATE = (
     "{{ bos_token }}{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>\n\n"
     "{{ m['content'] }}<|eot_id|>{% endfor %}"
@@ -42,7 +43,7 @@ def _tiny_tokenizer(chat_template: str | None) -> PreTrainedTokenizerFast:
 
 
 def test_system_prompt_only_has_placeholder_boxes():
-    # answer extraction over prompt + generation relies on this (spec §6.1 step 1)
+    # answer extraction over prompt + generation relies on this (docs/method.md §6.1 step 1)
     assert "\\boxed{}" in SYSTEM_PROMPT and "\\boxed{...}" in SYSTEM_PROMPT
     assert extract_answer(SYSTEM_PROMPT) is None
 

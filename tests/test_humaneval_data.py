@@ -1,4 +1,5 @@
-"""Tests for retrofit.evaluation.humaneval_data: reading the HumanEval-infilling files (spec §6.2)."""
+"""Tests for retrofit.evaluation.humaneval_data: reading the HumanEval-infilling files
+(docs/method.md §6.2)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Tests of retrofit.interpolant: spec §7.1 vectors and invariants, marginals, trimming, time sampling.
+"""Tests of retrofit.interpolant: docs/method.md §7.1 vectors and invariants, marginals, trimming,
+time sampling.
 
 Statistical checks pool B = 4096 samples of a fixed x1 with fixed seeds; counts must lie within
 4.5 binomial standard errors of their closed forms.
@@ -54,7 +55,7 @@ def z_score(count: float, n: float, p: float) -> float:
 def check_invariants(
     s: InterpolantSample, x1: torch.Tensor, x1_mask: torch.Tensor, protected: torch.Tensor
 ) -> None:
-    """Spec §7.1 invariants 1-3, 7, 8 plus the targets contract, for every row."""
+    """docs/method.md §7.1 invariants 1-3, 7, 8 plus the targets contract, for every row."""
     ell, n, slots = x1_mask.sum(1), s.lengths, s.slot_mask
     src_tok = x1.gather(1, s.src_index)
     assert torch.equal(slots, torch.arange(x1.shape[1]) < n[:, None])
@@ -77,7 +78,7 @@ def check_invariants(
     assert bool((s.mask_slots.sum(1) <= n - (protected & x1_mask).sum(1)).all())
 
 
-# ------------------------------------------------------------------- spec §7.1 test vectors
+# ------------------------------------------------------------------- docs/method.md §7.1 test vectors
 
 
 SPEC_CASES = [  # t, P, x_t (non-pad), s_t, g (first n+1), {slot: target}
@@ -166,7 +167,8 @@ def test_present_count_matches_alpha_over_t(alpha) -> None:
 
 
 def masked_probability(alpha, t: float) -> float:
-    """P(masked at t) for beta linear: alpha(0)(1 - t) + int_0^t alpha'(s)(1 - t)/(1 - s) ds (spec §1.3)."""
+    """P(masked at t) for beta linear: alpha(0)(1 - t) + int_0^t alpha'(s)(1 - t)/(1 - s) ds
+    (docs/method.md §1.3)."""
     integral, _ = quad(lambda s: alpha.alpha_prime(s) / (1 - s), 0.0, t, epsabs=1e-12, epsrel=1e-10)
     return (1 - t) * (alpha.alpha(0.0) + integral)
 
@@ -194,7 +196,7 @@ def ragged_batch(seed: int) -> tuple[torch.Tensor, ...]:
     prefix = (torch.rand(b, generator=gen) * (ell + 1)).long()
     suffix_start = prefix + (torch.rand(b, generator=gen) * (ell - prefix + 1)).long()
     cols = torch.arange(width)
-    infill = torch.rand(b, generator=gen) < 0.5  # half the rows also protect a suffix (spec §1.7)
+    infill = torch.rand(b, generator=gen) < 0.5  # half the rows also protect a suffix (docs/method.md §1.7)
     protected = (cols < prefix[:, None]) | (infill[:, None] & (cols >= suffix_start[:, None]))
     return x1, x1_mask, protected & x1_mask, torch.rand(b, generator=gen)
 
@@ -263,7 +265,7 @@ def test_trim_of_empty_canvas_keeps_one_column() -> None:
     )
 
 
-# ------------------------------------------------------------------- training times (spec §3.5)
+# ------------------------------------------------------------------- training times (docs/method.md §3.5)
 
 
 def test_sample_times_spec_example() -> None:

@@ -1,4 +1,5 @@
-"""Tests for retrofit.evaluation.length_stats: W1 / KS against scipy, metrics, histogram PNG (spec §6.4)."""
+"""Tests for retrofit.evaluation.length_stats: W1 / KS against scipy, metrics, histogram PNG
+(docs/method.md §6.4)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Tests of retrofit.evaluation.likelihood: LLaDA MC ELBO and FlexMDM ELBO (spec §3.4, §4.10, §7.5)."""
+"""Tests of retrofit.evaluation.likelihood: LLaDA MC ELBO and FlexMDM ELBO
+(docs/method.md §3.4, §4.10, §7.5)."""
 
 from __future__ import annotations
 
@@ -76,7 +77,7 @@ class UniformFlexMDM(nn.Module):
 
 
 def test_llada_mask_counts_spec_vector() -> None:
-    assert llada_mask_counts(8, 4, 3) == [3, 5, 7, 1]  # spec §7.5
+    assert llada_mask_counts(8, 4, 3) == [3, 5, 7, 1]  # docs/method.md §7.5
     assert llada_mask_counts(1, 3, 1) == [1, 1, 1]
     assert llada_mask_counts(5, 5, 5) == [5, 1, 2, 3, 4]
     with pytest.raises(ValueError, match="1 <= k <= T"):

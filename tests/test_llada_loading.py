@@ -1,5 +1,5 @@
 """Checkpoint I/O: round trips, Auto classes with the official auto_map, clear errors for broken
-folders, mask-id resolution, and `verify_llada` on tiny checkpoints (spec §8)."""
+folders, mask-id resolution, and `verify_llada` on tiny checkpoints (docs/method.md §8)."""
 
 from __future__ import annotations
 

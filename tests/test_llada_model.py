@@ -1,4 +1,5 @@
-"""Native LLaDA model: 8B parameter layout, attention math, RoPE, hidden states (spec §8.2, §8.3)."""
+"""Native LLaDA model: 8B parameter layout, attention math, RoPE, hidden states
+(docs/method.md §8.2, §8.3)."""
 
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ def make_model(n_kv_heads: int = 4, seed: int = 0, n_layers: int = 2) -> LLaDAMo
 
 
 def reference_forward(model: LLaDAModelLM, ids: torch.Tensor, key_mask: torch.Tensor | None = None):
-    """Plain-softmax LLaDA forward written from spec §8.3 (no SDPA, no library RoPE helpers)."""
+    """Plain-softmax LLaDA forward written from docs/method.md §8.3 (no SDPA, no library RoPE helpers)."""
     cfg, tr = model.config, model.model.transformer
     B, L = ids.shape
     hd = cfg.d_model // cfg.n_heads

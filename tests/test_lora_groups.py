@@ -1,7 +1,7 @@
-"""LoRA wrapping, trainable-parameter report and AdamW parameter groups (spec §2.8-2.9).
+"""LoRA wrapping, trainable-parameter report and AdamW parameter groups (docs/method.md §2.8-2.9).
 
 Counts are checked against closed forms of the tiny config (2 layers, d = 32, 4 heads with 2 KV
-heads, vocab 320) and of LLaDA-8B on the meta device (402,657,281 trainable, spec §2.9 table).
+heads, vocab 320) and of LLaDA-8B on the meta device (402,657,281 trainable, docs/method.md §2.9 table).
 """
 
 from __future__ import annotations
@@ -77,7 +77,8 @@ def test_train_token_head_switch_trains_the_head_fully():
     names = [n for n, p in wrapped.named_parameters() if p.requires_grad]
     assert not any("transformer.ff_out.lora_" in n for n in names)
     assert "base_model.model.backbone.model.transformer.ff_out.modules_to_save.default.weight" in names
-    assert not any("blocks.0.ff_out" in n for n in names)  # block MLP outputs stay frozen (spec §2.8)
+    # block MLP outputs stay frozen (docs/method.md §2.8)
+    assert not any("blocks.0.ff_out" in n for n in names)
 
 
 def test_param_groups_get_their_own_lr_and_weight_decay(tmp_path):
@@ -93,7 +94,7 @@ def test_param_groups_get_their_own_lr_and_weight_decay(tmp_path):
     groups = {g["name"]: g for g in build_param_groups(wrapped, args)}
     assert {n: (g["lr"], g["weight_decay"]) for n, g in groups.items()} == {
         "lora": (2e-4, 0.0),
-        "token_head": (5e-5, 0.01),  # lora_lr / 4 (spec §2.9)
+        "token_head": (5e-5, 0.01),  # lora_lr / 4 (docs/method.md §2.9)
         "new_modules": (1e-3, 0.01),
     }
     ids = [id(p) for g in groups.values() for p in g["params"]]
@@ -149,7 +150,7 @@ def test_wrapping_rejects_targets_that_match_nothing():
 
 @pytest.mark.parametrize(("head", "expected"), [(False, 402_657_281), (True, 903_942_145)])
 def test_llada_8b_counts_on_meta(head, expected):
-    """Spec §2.9: 100,663,296 (q/k/v LoRA) + 16,711,680 (head LoRA) + 285,282,305 new = 402,657,281.
+    """docs/method.md §2.9: 100,663,296 (q/k/v LoRA) + 16,711,680 (head LoRA) + 285,282,305 new = 402,657,281.
 
     A fully trained head instead adds 126,464 x 4,096 = 517,996,544 and drops the head LoRA.
     """

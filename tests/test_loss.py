@@ -1,4 +1,5 @@
-"""Tests of retrofit.loss: spec §7.2 vector, Bregman divergence, logit layouts, LLaDA baseline (spec §3.2-3.6)."""
+"""Tests of retrofit.loss: docs/method.md §7.2 vector, Bregman divergence, logit layouts, LLaDA
+baseline (§3.2-3.6)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ MASK, PAD = 1, 0
 
 
 def spec_case_one(insertion: str) -> tuple:
-    """Spec §7.1 case 1 (t = 0.6, P = 0) with the §7.2 logits and predicted gaps."""
+    """docs/method.md §7.1 case 1 (t = 0.6, P = 0) with the §7.2 logits and predicted gaps."""
     x1 = torch.tensor([[10, 11, 12, 13, 14, PAD, PAD, PAD]])
     T1 = torch.tensor([[0.2, 0.7, 0.4, 0.9, 0.1, 0.0, 0.0, 0.0]])
     T2 = torch.tensor([[0.5, 0.8, 0.95, 0.95, 0.3, 0.0, 0.0, 0.0]])
@@ -69,7 +70,7 @@ def test_bregman_zero_iff_equal_and_gradient_sign() -> None:
     others = torch.tensor([0.01, 0.3, 2.0, 10.0])
     for x in (0.0, 1.0, 4.0):
         assert bool((bregman_poisson(torch.full((4,), x), others) > 0).all())
-    # D(0, y) = y - 1e-6 + 1e-6 (ln 1e-6 - ln y) ~= y (spec §3.2)
+    # D(0, y) = y - 1e-6 + 1e-6 (ln 1e-6 - ln y) ~= y (docs/method.md §3.2)
     y = torch.tensor([0.2, 5.0])
     expected = y - 1e-6 + 1e-6 * (math.log(1e-6) - torch.log(y))
     torch.testing.assert_close(bregman_poisson(torch.zeros(2), y), expected)

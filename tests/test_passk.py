@@ -1,4 +1,5 @@
-"""Tests for retrofit.evaluation.passk: the unbiased pass@k estimator and standard errors (spec §6.2)."""
+"""Tests for retrofit.evaluation.passk: the unbiased pass@k estimator and standard errors
+(docs/method.md §6.2)."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ def _exact(n: int, c: int, k: int) -> float:
         (5, 2, 2, 0.7),  # 1 - C(3,2)/C(5,2) = 1 - 3/10
         (10, 3, 2, 1 - 21 / 45),  # 1 - C(7,2)/C(10,2)
         (10, 3, 1, 0.3),  # pass@1 = c/n
-        (1, 1, 1, 1.0),  # one greedy sample per task (spec §6.2)
+        (1, 1, 1, 1.0),  # one greedy sample per task (docs/method.md §6.2)
         (1, 0, 1, 0.0),
         (5, 4, 2, 1.0),  # n - c < k: every k-subset holds a correct sample
         (5, 0, 5, 0.0),

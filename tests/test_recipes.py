@@ -5,9 +5,9 @@
 * Every accelerate YAML parses with accelerate's `ClusterConfig`; every DeepSpeed JSON, with its
   "auto" values and the world size filled in from the paired accelerate config, parses with
   `deepspeed.runtime.config.DeepSpeedConfig`.
-* The cosine schedule of spec §5.1 reproduces the multiplier table of spec §7.5.
+* The cosine schedule of docs/method.md §5.1 reproduces the multiplier table of §7.5.
 * `retrofit train --dry-run` on the 8B GSM8K recipe: global batch 128, 1025 tokens, 5800 steps,
-  402,657,281 trainable parameters (spec §2.9), ZeRO-2 / ZeRO-3 memory rows.
+  402,657,281 trainable parameters (docs/method.md §2.9), ZeRO-2 / ZeRO-3 memory rows.
 """
 
 from __future__ import annotations
@@ -214,7 +214,7 @@ def test_every_deepspeed_json_is_paired_with_an_accelerate_config(path):
 
 
 def test_cosine_schedule_matches_spec_7_5_table():
-    """Spec §7.5: 500k horizon, warmup 0.05 (25k), 5 cycles; both param groups follow it."""
+    """docs/method.md §7.5: 500k horizon, warmup 0.05 (25k), 5 cycles; both param groups follow it."""
     from transformers import get_scheduler
 
     args = load_recipe(REPO / "recipes/llada8b/transfer.yaml", CPU_OK).training
@@ -250,7 +250,7 @@ def test_memory_formula_closed_form():
 
 
 def test_dry_run_8b_gsm8k(capsys):
-    """No weights: meta device; spec §2.9 counts with the default (LoRA) token head."""
+    """No weights: meta device; docs/method.md §2.9 counts with the default (LoRA) token head."""
     from retrofit.commands import train as train_cmd
 
     args = argparse.Namespace(

@@ -18,7 +18,7 @@ class TinyFlexMDM(nn.Module):
     """Embedding + one bidirectional attention layer whose keys are the n_b slots + the length slot.
 
     Row b's outputs at positions 0..n_b depend only on its first n_b tokens and t, not on the canvas
-    width, like FlexMDMModel's "slots" attention (spec §2.2).
+    width, like FlexMDMModel's "slots" attention (docs/method.md §2.2).
     """
 
     def __init__(self, seed: int = 0, gap_scale: float = 3.0, max_len: int = 128):
@@ -78,7 +78,7 @@ PROMPTS = [[1, PAD, 2], [], [MASK, 3, 4, PAD, 5]]  # pad and mask ids inside pro
 
 @pytest.mark.parametrize("method", CONFIDENCE_METHODS)
 def test_prompt_is_bit_identical_for_every_confidence(method):
-    """Spec §7.3.1-3: prompts unchanged, no mask / pad emitted, n non-decreasing, and the clean
+    """docs/method.md §7.3.1-3: prompts unchanged, no mask / pad emitted, n non-decreasing, and the clean
     tokens of each step stay (in order) in the next step (no remasking)."""
     config = FlexMDMSamplerConfig(steps=12, max_length=20, confidence=method, trace=True)
     out = FlexMDMSampler(TinyFlexMDM(), config).sample(PROMPTS, 3, torch.Generator().manual_seed(0))

@@ -1,4 +1,5 @@
-"""LLaDA baseline sampler (spec §4.9): validation, reveal schedule, blocks, CFG, EOS, padding, infill."""
+"""LLaDA baseline sampler (docs/method.md §4.9): validation, reveal schedule, blocks, CFG, EOS,
+padding, infill."""
 
 from __future__ import annotations
 
@@ -63,7 +64,7 @@ def test_validation_errors_are_clear():
 
 
 def test_reveal_schedule_spec_vector():
-    """Spec §7.5: m = 10, s = 4 -> [3, 3, 2, 2]."""
+    """docs/method.md §7.5: m = 10, s = 4 -> [3, 3, 2, 2]."""
     assert reveal_schedule(torch.tensor([10, 8, 3]), 4).tolist() == [[3, 3, 2, 2], [2, 2, 2, 2], [1, 1, 1, 0]]
 
 
@@ -108,7 +109,7 @@ def test_cfg_combines_conditional_and_unconditional_logits():
 
 
 def test_eos_cut_and_eos_options():
-    """Token EOS is the favourite at generated positions >= 2 (spec §4.9 step 5 options)."""
+    """Token EOS is the favourite at generated positions >= 2 (docs/method.md §4.9 step 5 options)."""
 
     def fn(ids):
         logits = torch.zeros(*ids.shape, V)

@@ -8,7 +8,7 @@ therefore not detectable here (the slot arithmetic is pinned exactly by tests/te
 and the protection tests). What the mixture does detect is the joint structure: tokens of one
 sequence are correlated through c.
 
-Posterior of the interpolant (spec §1.3-1.4). Each token is present at time t with prob. α(t),
+Posterior of the interpolant (docs/method.md §1.3-1.4). Each token is present at time t with prob. α(t),
 independently; given presence it is masked or clean with probabilities that do not depend on l, c
 or its value. For x_t with n slots (k clean, values v_1..v_k):
 

@@ -1,4 +1,4 @@
-"""Step helpers of the FlexMDM sampler: spec §7.3 vectors and exact small cases."""
+"""Step helpers of the FlexMDM sampler: docs/method.md §7.3 vectors and exact small cases."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ L = torch.tensor
 
 
 def test_insert_masks_spec_example():
-    """Spec §4.2 / §7.3.7: [7,8,M,9,∅…], e = [0,0,2,0,1] -> [7,8,M,M,M,9,M,∅]."""
+    """docs/method.md §4.2 / §7.3.7: [7,8,M,9,∅…], e = [0,0,2,0,1] -> [7,8,M,M,M,9,M,∅]."""
     canvas = L([[7, 8, M, 9, P, P, P, P]])
     out, n = insert_masks(canvas[:, :4], L([4]), L([[0, 0, 2, 0, 1]]), mask_id=M, pad_id=P, out_width=8)
     assert out.tolist() == [[7, 8, M, M, M, 9, M, P]]
@@ -49,7 +49,7 @@ def test_insert_masks_batched_rows_and_ignored_columns():
 
 
 def test_window_spec_example_and_first_k():
-    """Spec §7.3.8: K = 3, alpha_win = 15, max_window = 32, N = 50 -> w = 32."""
+    """docs/method.md §7.3.8: K = 3, alpha_win = 15, max_window = 32, N = 50 -> w = 32."""
     assert window_size(L([3]), 15.0, 32, L([50])).tolist() == [32]
     assert window_size(L([3, 2, 7]), 1.0, 10, L([50, 1, 9])).tolist() == [3, 1, 7]
     eligible = L([[0, 1, 1, 0, 1, 1]]).bool()
@@ -57,7 +57,7 @@ def test_window_spec_example_and_first_k():
 
 
 def test_unmask_count_mean_spec_example():
-    """Spec §7.3.9: N = 10, t = 0.5, dt = 1/256, linear -> Poisson mean 0.078125.
+    """docs/method.md §7.3.9: N = 10, t = 0.5, dt = 1/256, linear -> Poisson mean 0.078125.
 
     200 000 seeded draws: the sample mean has s.e. sqrt(0.078125 / 2e5) = 6.25e-4; allow 4 s.e.
     """
@@ -69,7 +69,7 @@ def test_unmask_count_mean_spec_example():
 
 
 def test_protection_masks():
-    """Prompt P = 2 (n = 5) and infill pre = 2, suf = 1 (n = 6) (spec §1.5, §4.4)."""
+    """Prompt P = 2 (n = 5) and infill pre = 2, suf = 1 (n = 6) (docs/method.md §1.5, §4.4)."""
     lengths, pre, suf = L([5, 6]), L([2, 2]), L([0, 1])
     assert editable_slots(lengths, pre, suf, 7).long().tolist() == [
         [0, 0, 1, 1, 1, 0, 0],
@@ -98,7 +98,7 @@ def test_select_top_k_clamps_and_orders():
 
 
 def test_confidence_functions_exact():
-    """Spec §4.3 on p = softmax(logits) with the mask id banned."""
+    """docs/method.md §4.3 on p = softmax(logits) with the mask id banned."""
     probs = torch.tensor([0.5, 0.3, 0.2])
     logits = torch.log(torch.tensor([[[0.5, 0.3, 0.2, 1.0]] * 3]))
     logits[..., 3] = 50.0  # token 3 is banned: p is over tokens 0..2 only

@@ -1,4 +1,4 @@
-"""Tests for retrofit.evaluation.sandbox: HumanEval-infilling execution in a sandbox (spec §6.2)."""
+"""Tests for retrofit.evaluation.sandbox: HumanEval-infilling execution in a sandbox (docs/method.md §6.2)."""
 
 from __future__ import annotations
 

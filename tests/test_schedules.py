@@ -1,4 +1,5 @@
-"""Tests of retrofit.schedules: values, derivatives, inverses, hazards, parsing, hitting times (spec §1.2-1.3, §7.5)."""
+"""Tests of retrofit.schedules: values, derivatives, inverses, hazards, parsing, hitting times
+(docs/method.md §1.2-1.3, §7.5)."""
 
 from __future__ import annotations
 
@@ -69,7 +70,7 @@ def test_geometric_endpoints_and_reference_vectors() -> None:
     geo = GeometricSchedule()  # (10, 0.01), the retrofit's insertion schedule
     assert geo.alpha(0.0) == pytest.approx(math.exp(-10.0), rel=1e-14)
     assert geo.alpha(1.0) == pytest.approx(math.exp(-0.01), rel=1e-14)
-    # spec §1.2 table and §7.5: (t, alpha, alpha', hazard)
+    # docs/method.md §1.2 table and §7.5: (t, alpha, alpha', hazard)
     table = [
         (0.0, 4.539993e-5, 3.136116e-3, 0.003136),
         (0.1, 6.658425e-3, 0.2305199, 0.232065),
@@ -86,7 +87,7 @@ def test_geometric_endpoints_and_reference_vectors() -> None:
         assert geo.rate(t) == pytest.approx(h, rel=2e-5, abs=1e-6), t
     t = torch.linspace(0, 1, 101, dtype=torch.float64)
     torch.testing.assert_close(geo.inverse(geo.alpha(t)), t, rtol=0, atol=1e-9)
-    # integrated hazard over [0, 1] ~= 4.61 (spec §1.2)
+    # integrated hazard over [0, 1] ~= 4.61 (docs/method.md §1.2)
     assert -math.log(1 - geo.alpha(1.0)) + math.log(1 - geo.alpha(0.0)) == pytest.approx(4.61, abs=5e-3)
 
 
@@ -173,7 +174,7 @@ def test_hitting_times_from_given_uniforms() -> None:
     u = torch.tensor([geo.alpha(0.3), geo.alpha(0.0) / 2, (1 + geo.alpha(1.0)) / 2], dtype=torch.float64)
     t1 = sample_hitting_times(geo, u)
     assert t1[0].item() == pytest.approx(HITTING_TIME_EPS + (1 - HITTING_TIME_EPS) * 0.3, abs=1e-12)
-    assert t1[1] < 0 and t1[2] > 1  # always / never inserted (spec §1.2)
+    assert t1[1] < 0 and t1[2] > 1  # always / never inserted (docs/method.md §1.2)
 
 
 def test_geometric_hitting_time_distribution() -> None:
@@ -206,5 +207,5 @@ def test_unmasking_times_truncated_cdf_for_cosine() -> None:
     t2 = sample_unmasking_times(beta, t1, generator=torch.Generator().manual_seed(3))
     assert t2.dtype == torch.float32 and bool((t2 >= t1).all()) and bool((t2 <= 1).all())
     b1 = beta.alpha(t1_value)
-    for s in (0.4, 0.6, 0.8, 0.95):  # P(T2 <= s | T1) = (b(s) - b(T1)) / (1 - b(T1)) (spec §1.3)
+    for s in (0.4, 0.6, 0.8, 0.95):  # P(T2 <= s | T1) = (b(s) - b(T1)) / (1 - b(T1)) (docs/method.md §1.3)
         binomial_close((t2 <= s).sum().item(), n, (beta.alpha(s) - b1) / (1 - b1))

@@ -1,4 +1,4 @@
-"""Tiny checkpoints and tokenizers: official layout, determinism, atomic writes, BPE (spec §8)."""
+"""Tiny checkpoints and tokenizers: official layout, determinism, atomic writes, BPE (docs/method.md §8)."""
 
 from __future__ import annotations
 

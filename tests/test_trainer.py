@@ -1,4 +1,4 @@
-"""FlexMDMTrainer: loss = spec §3.3, the gradient-accumulation contract, logging, MDM mode.
+"""FlexMDMTrainer: loss = docs/method.md §3.3, the gradient-accumulation contract, logging, MDM mode.
 
 * `compute_loss` equals `flexmdm_loss` / `mdm_loss` on the model's outputs (bit for bit).
 * Accumulation equivalence (TRL-style invariant): one SGD step on batch 8 x accumulation 1 and on

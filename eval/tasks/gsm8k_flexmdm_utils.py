@@ -11,17 +11,17 @@ from retrofit.evaluation.answers import extract_answer, is_correct, parse_gold
 
 
 def doc_to_text(doc: dict) -> str:
-    """The user turn: SYSTEM_PROMPT + "\\n\\n" + question (spec §5.2)."""
+    """The user turn: SYSTEM_PROMPT + "\\n\\n" + question (docs/method.md §5.2)."""
     return user_turn(doc["question"])
 
 
 def doc_to_target(doc: dict) -> str:
-    """The gold number after "####", normalised (spec §6.1)."""
+    """The gold number after "####", normalised (docs/method.md §6.1)."""
     return parse_gold(doc["answer"]) or ""
 
 
 def process_results(doc: dict, results: list[str]) -> dict[str, float]:
-    """exact_match = 1.0 iff the extracted answer equals the gold number (spec §6.1 scoring).
+    """exact_match = 1.0 iff the extracted answer equals the gold number (docs/method.md §6.1 scoring).
 
     Args:
         doc: a GSM8K row with "question" and "answer".

@@ -1,9 +1,9 @@
-"""Expected fraction of canvas positions a trimmed FlexMDM step computes (spec §1.3, §3.5).
+"""Expected fraction of canvas positions a trimmed FlexMDM step computes (docs/method.md §1.3, §3.5).
 
 A non-prompt token of x1 is present in x_t with probability q(t) = alpha((t - eps) / (1 - eps))
-(eps = 1e-6, the hitting-time clamp of spec §1.3), independently, so row b of a micro-batch has
+(eps = 1e-6, the hitting-time clamp of docs/method.md §1.3), independently, so row b of a micro-batch has
 
-    n_b = P_b + Binomial(l_b - P_b, q(t_b))            (spec §7.1 item 6: E n = P + (l - P) q(t)).
+    n_b = P_b + Binomial(l_b - P_b, q(t_b))            (docs/method.md §7.1 item 6: E n = P + (l - P) q(t)).
 
 A trimmed micro-batch is w = max(max_b n_b, 1) slots wide and the model appends the length slot,
 so it computes B (w + 1) positions against B (L + 1) untrimmed. Given the times and lengths,
@@ -76,7 +76,7 @@ def expected_computed_fraction(
         grad_accum: G (bands per optimizer step in "banded" mode).
         trim: False gives 1 (the full-width canvas).
         table: x1 lengths (GSM8K-shaped, prompt protected); None = every x1 is L tokens, no prompt.
-        insertion_schedule: alpha (default geometric(10, 0.01), spec §1.2).
+        insertion_schedule: alpha (default geometric(10, 0.01), docs/method.md §1.2).
         draws: micro-batch draws averaged (a multiple of G covers every band equally).
         seed: seed of the time and length draws.
 

@@ -1,6 +1,6 @@
 """Model sizes of the benchmarks: `tiny`, `100m` (LLaDA-shaped, ~100M parameters) and `8b`.
 
-`8b` is the LLaDA-8B shape (spec §2.3, §8.1: d 4096, 32 heads, MLP 12 288, vocabulary 126 464)
+`8b` is the LLaDA-8B shape (docs/method.md §2.3, §8.1: d 4096, 32 heads, MLP 12 288, vocabulary 126 464)
 with only `layers` blocks, so that a single GPU can time a step; the per-block cost is the real
 one. Weights are random (speed does not depend on them).
 
@@ -28,7 +28,7 @@ class ModelSize:
     Attributes:
         d_model, n_layers, n_heads, mlp_hidden, vocab: the LLaDA config values.
         mask_id, pad_id: mask and pad (= EOS) token ids inside the vocabulary.
-        lora_r: default LoRA rank at this size (the 8B recipe uses 128, spec §2.8).
+        lora_r: default LoRA rank at this size (the 8B recipe uses 128, docs/method.md §2.8).
     """
 
     d_model: int
@@ -55,7 +55,7 @@ SIZES: dict[str, ModelSize] = {
         pad_id=8190,
         lora_r=32,
     ),
-    # LLaDA-8B-Base ids (spec §8.4): mask 126 336, EOS = pad 126 081.
+    # LLaDA-8B-Base ids (docs/method.md §8.4): mask 126 336, EOS = pad 126 081.
     "8b": ModelSize(
         d_model=4096,
         n_layers=32,

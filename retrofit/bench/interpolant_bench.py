@@ -2,11 +2,11 @@
 
 Times, per batch of B sequences on a width-L canvas:
   * ``interpolant``: `sample_times` + `sample_interpolant` + `trim_to_longest` on ready tensors
-    (spec §1.3-1.5, §3.5);
+    (docs/method.md §1.3-1.5, §3.5);
   * ``collator``: the full `FlexMDMCollator` call (python lists -> padded x1 -> times ->
     interpolant -> trim -> dict), what a DataLoader runs per micro-batch.
 
-The need: the paper's transfer run processed ~6.3k tokens/s/GPU (spec §5.1), i.e. one 4 x 1024
+The need: the paper's transfer run processed ~6.3k tokens/s/GPU (docs/method.md §5.1), i.e. one 4 x 1024
 micro-batch every ~0.65 s, ~6.2 samples/s/GPU of 1024 tokens. The margin is measured / needed.
 
     retrofit bench interpolant --batch 64 --canvas 1024
@@ -26,7 +26,7 @@ from retrofit.bench.lengths import gsm8k_length_table, make_features
 __all__ = ["PAPER_TOKENS_PER_S_PER_GPU", "InterpolantOptions", "run_interpolant"]
 
 PAPER_TOKENS_PER_S_PER_GPU = 6.3e3
-"""x1 tokens per second per GPU implied by the paper's transfer run (spec §5.1)."""
+"""x1 tokens per second per GPU implied by the paper's transfer run (docs/method.md §5.1)."""
 
 
 @dataclass
@@ -112,6 +112,7 @@ def run_interpolant(opts: InterpolantOptions, log=print) -> dict[str, Any]:
         },
         "variants": rows,
         "notes": [
-            "need = the paper's ~6.3k x1 tokens/s/GPU (spec §5.1); margin = measured x1 tokens/s / need"
+            "need = the paper's ~6.3k x1 tokens/s/GPU (docs/method.md §5.1); "
+            "margin = measured x1 tokens/s / need"
         ],
     }

@@ -2,11 +2,11 @@
 
 Modes:
   * ``full``: every x1 has exactly ``canvas`` tokens and no prompt (the transfer stage's 1024-token
-    chunks, spec §1.6).
+    chunks, docs/method.md §1.6).
   * ``gsm8k``: (prompt, prompt + answer) lengths drawn from the GSM8K training split, formatted as
     in training (`retrofit.data.gsm8k_format`: system prompt + question, rationale + answer tags),
     measured in characters / ``chars_per_token`` (~4 for a BPE tokenizer). The prompt is
-    protected (spec §1.5). The data are read from RETROFIT_DATA_DIR (or ``data_dir``).
+    protected (docs/method.md §1.5). The data are read from RETROFIT_DATA_DIR (or ``data_dir``).
 
 Token ids are random (speed does not depend on them) and avoid the mask and pad ids.
 

@@ -65,7 +65,7 @@ def print_payload(payload: dict[str, Any], log=print) -> None:
     if "ratios" in payload:
         log("ratios: " + ", ".join(f"{k} {v:.2f}" for k, v in payload["ratios"].items()))
     if "need" in payload:
-        log(f"need (paper, spec §5.1): {payload['need']}")
+        log(f"need (paper, docs/method.md §5.1): {payload['need']}")
 
 
 def summary_rows(name: str, payload: dict[str, Any]) -> list[dict[str, Any]]:

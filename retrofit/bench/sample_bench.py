@@ -6,9 +6,9 @@ Three samplers, the same prompts and the same number of steps S, on a freshly gr
   * ``flexmdm-full``: the same sampler with every step at the full ``max_length`` canvas
     (``trim=False``; ``draw_at_full_width`` makes both give identical samples for a seed);
   * ``llada``: the LLaDA baseline `MDMSampler` on the bare LLaDA trunk, prompt + (max_length - P)
-    masks in one block (spec §4.9), S steps.
+    masks in one block (docs/method.md §4.9), S steps.
 
-An untrained length head predicts ~0.69 * length_scale insertions per gap (spec §7.4 item 5), so
+An untrained length head predicts ~0.69 * length_scale insertions per gap (docs/method.md §7.4 item 5), so
 untrained FlexMDM canvases fill up to max_length fast; the mean final length is reported, and the
 trimmed / full ratio of a trained model (shorter canvases for most steps) is larger.
 

@@ -107,7 +107,7 @@ def _enable_checkpointing(model: torch.nn.Module) -> None:
 def micro_loss(
     variant: str, model: torch.nn.Module, batch: dict[str, torch.Tensor], normalizer: float
 ) -> torch.Tensor:
-    """Loss of one micro-batch; token logits only at the masked slots (spec §3.2, §3.6)."""
+    """Loss of one micro-batch; token logits only at the masked slots (docs/method.md §3.2, §3.6)."""
     if variant == "mdm":
         logits = model(input_ids=batch["input_ids"], logits_mask=batch["mask_slots"]).logits  # [N, V]
         return mdm_loss(

@@ -3,17 +3,17 @@
 One timed call = one optimizer step = ``accum`` (G) micro-steps of forward + backward on
 ``batch`` (B) sequences each, then AdamW (a warm-up call runs one micro-step and AdamW). LoRA on
 q/k/v + the LM head and the graft modules are trainable (`retrofit.training.lora.wrap_with_lora`,
-spec §2.8-2.9); every base weight is frozen.
+docs/method.md §2.8-2.9); every base weight is frozen.
 Batches come from the real collators (`retrofit.training.collator`), built before timing.
 
 Variants (same x1 samples, same seeds):
   * ``full-width``: research style: the canvas is always L wide, every column attended
-    (``pad_attention="full"``), per-micro-batch stratified t (spec §2.2, §3.5).
+    (``pad_attention="full"``), per-micro-batch stratified t (docs/method.md §2.2, §3.5).
   * ``trimmed``: ``pad_attention="slots"``, each micro-batch cut to its longest x_t; stratified t
     (early and late t mixed in one micro-batch, so the longest x_t is usually near full).
   * ``banded``: trimmed + banded t: micro-step k of an optimizer step covers one contiguous band of
     t; one timed call cycles through all G bands, so its average is fair.
-  * ``mdm``: the LLaDA baseline (LLaDA + LoRA, MDM loss, full width L; spec §3.6).
+  * ``mdm``: the LLaDA baseline (LLaDA + LoRA, MDM loss, full width L; docs/method.md §3.6).
 
 All variants are built first, then timed round by round (one optimizer step of each in turn), so
 drifting load on a shared machine hits every variant alike; the process CPU time of each step is
@@ -66,7 +66,7 @@ class TrainStepOptions:
     Attributes:
         size: "tiny" | "100m" | "8b". layers: blocks (None = the size's own; "8b": a few on a GPU).
         device: "cpu" | "cuda" | "cuda:0" ... dtype: "fp32" | "bf16" (base weights in dtype,
-            trainable weights fp32, bf16 autocast; spec §2.9).
+            trainable weights fp32, bf16 autocast; docs/method.md §2.9).
         grad_ckpt: gradient checkpointing of the blocks (non-reentrant).
         batch: B, sequences per micro-batch. accum: G, micro-steps per optimizer step (= bands).
         canvas: L, the canvas width. lengths: "full" | "gsm8k" (see `retrofit.bench.lengths`).
@@ -74,7 +74,7 @@ class TrainStepOptions:
         lora_r: LoRA rank (alpha = r); None = the size's default.
         variants: which variants to run, in order ("full-width" first for the ratios).
         seed: seed of data, times and weights. data_dir: GSM8K folder (None = RETROFIT_DATA_DIR).
-        insertion_schedule: alpha of the interpolant (default geometric(10, 0.01), spec §1.2).
+        insertion_schedule: alpha of the interpolant (default geometric(10, 0.01), docs/method.md §1.2).
         threads: torch CPU threads (None = unchanged).
     """
 
@@ -229,7 +229,8 @@ def _closed_form(variant: str, opts: TrainStepOptions, table: LengthTable | None
 
 
 def _mfu(row: dict[str, Any], opts: TrainStepOptions) -> float:
-    """4 · (N_trunk · positions + N_head · logit rows) / (t · 989 TFLOP/s): frozen base + LoRA (spec §2.9)."""
+    """4 · (N_trunk · positions + N_head · logit rows) / (t · 989 TFLOP/s): frozen base + LoRA
+    (docs/method.md §2.9)."""
     p = row["params"]
     flops = 4.0 * (p["trunk"] * row["computed_positions"] + p["lm_head"] * row["logit_rows"])
     return flops / row["median_s"] / H100_BF16_PEAK_FLOPS

@@ -25,7 +25,7 @@ from retrofit.commands.generate import (
     fast_sampling_options,
 )
 
-# Per-verb sampler defaults by model kind (spec §4.6, §6.1, §6.2); --steps etc. override them.
+# Per-verb sampler defaults by model kind (docs/method.md §4.6, §6.1, §6.2); --steps etc. override them.
 DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
     "gsm8k": {
         "flexmdm": {"steps": 256, "temperature": 0.0},
@@ -90,7 +90,7 @@ def _sampler_options(p: argparse.ArgumentParser, verb: str) -> None:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Sub-commands gsm8k, humaneval-infill, length, lm-eval."""
     sub = parser.add_subparsers(dest="task", metavar="TASK", required=True)
-    g = sub.add_parser("gsm8k", help="GSM8K accuracy (spec §6.1)", description=GSM8K_DESCRIPTION)
+    g = sub.add_parser("gsm8k", help="GSM8K accuracy (docs/method.md §6.1)", description=GSM8K_DESCRIPTION)
     g.add_argument("model_dir", help="FlexMDM or LLaDA model folder (retrofit export output)")
     g.add_argument(
         "--limit", type=at_least(1), default=None, help="first N test questions (default: all 1319)"
@@ -102,7 +102,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--lm-eval-tasks", default="gsm8k_flexmdm,gsm8k",
                    help="with --via-lm-eval (default gsm8k_flexmdm,gsm8k)")  # fmt: skip
     _sampler_options(g, "gsm8k")
-    h = sub.add_parser("humaneval-infill", help="HumanEval infilling pass@k (spec §6.2)",
+    h = sub.add_parser("humaneval-infill", help="HumanEval infilling pass@k (docs/method.md §6.2)",
                        description=HUMANEVAL_DESCRIPTION)  # fmt: skip
     h.add_argument("model_dir", help="FlexMDM or LLaDA model folder (retrofit export output)")
     h.add_argument("--benchmark", default="single-line",
@@ -119,7 +119,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     h.add_argument("--timeout", type=non_negative_float, default=3.0, help="seconds per program (default 3)")
     h.add_argument("--out", default=None, help="output folder (default eval-out/humaneval-infill/<model>)")
     _sampler_options(h, "humaneval-infill")
-    n = sub.add_parser("length", help="generated vs data length statistics (spec §6.4)",
+    n = sub.add_parser("length", help="generated vs data length statistics (docs/method.md §6.4)",
                        description=LENGTH_DESCRIPTION)  # fmt: skip
     n.add_argument("model_dirs", nargs="+", help="model folders, one curve each")
     n.add_argument(

@@ -1,7 +1,7 @@
 """`retrofit generate`: sample continuations from a FlexMDM or LLaDA checkpoint folder.
 
-The sampler is picked from config.json model_type: FlexMDM (variable length, spec §4.2) or the
-LLaDA baseline (fixed length, spec §4.9). Prompts are formatted as the model was trained
+The sampler is picked from config.json model_type: FlexMDM (variable length, docs/method.md §4.2) or the
+LLaDA baseline (fixed length, docs/method.md §4.9). Prompts are formatted as the model was trained
 (``prompt_template`` recorded at export: the tokenizer's chat template, or the raw text);
 ``--prompt-template chat|plain`` overrides it.
 

@@ -1,4 +1,4 @@
-"""`retrofit graft`: LLaDA folder -> initial FlexMDM checkpoint folder (spec §2.4-2.6).
+"""`retrofit graft`: LLaDA folder -> initial FlexMDM checkpoint folder (docs/method.md §2.4-2.6).
 
 Example:
     retrofit graft --base path/to/LLaDA-8B-Base --out runs/flexmdm-init   # dtype: as the base stores it

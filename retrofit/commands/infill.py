@@ -1,4 +1,4 @@
-"""`retrofit infill`: fill the middle between a prefix and a suffix (spec §4.4, §4.9, §6.2).
+"""`retrofit infill`: fill the middle between a prefix and a suffix (docs/method.md §4.4, §4.9, §6.2).
 
 FlexMDM: the canvas starts as prefix + "<infill-boundary>" | "<infill-boundary>" + suffix and the
 model inserts and unmasks the middle; its length is the model's choice, at most --max-middle.

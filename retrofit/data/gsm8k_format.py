@@ -1,4 +1,4 @@
-"""The one GSM8K prompt / target / answer format (spec §5.2, §6.1).
+"""The one GSM8K prompt / target / answer format (docs/method.md §5.2, §6.1).
 
 Training data, sampler prompts and the GSM8K evaluation all import this module, so the model
 is always asked the same way it was trained:
@@ -23,7 +23,7 @@ from typing import Any
 
 # Own paraphrase of the research system prompt. It deliberately contains only the empty
 # `\boxed{}` and the dots-only `\boxed{...}` so that answer extraction over the decoded canvas
-# (prompt included) skips them (spec §6.1, step 1).
+# (prompt included) skips them (docs/method.md §6.1, step 1).
 SYSTEM_PROMPT = (
     "Work through the following math problem one step at a time, showing your reasoning. "
     "Give the final answer as a single number written inside \\boxed{}. "
@@ -35,7 +35,7 @@ REASONING_OPEN = "<reasoning>"
 ANSWER_SEPARATOR = "####"
 
 # A plain decimal number after "$", "," and a trailing "." were removed; the minus sign is
-# kept (the research regex drops it, spec §6.1).
+# kept (the research regex drops it, docs/method.md §6.1).
 _NUMBER_RE = re.compile(r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)")
 _FRACTION_RE = re.compile(
     r"\\[dt]?frac\{\s*([-+]?[\d.]+)\s*\}\{\s*([-+]?[\d.]+)\s*\}|([-+]?[\d.]+)\s*/\s*([-+]?[\d.]+)"
@@ -43,12 +43,12 @@ _FRACTION_RE = re.compile(
 
 
 def user_turn(question: str) -> str:
-    """The content of the single user turn: `SYSTEM_PROMPT + "\\n\\n" + question` (spec §5.2)."""
+    """The content of the single user turn: `SYSTEM_PROMPT + "\\n\\n" + question` (docs/method.md §5.2)."""
     return f"{SYSTEM_PROMPT}\n\n{question}"
 
 
 def build_prompt(question: str, tokenizer: Any = None) -> str:
-    """Prompt text for one GSM8K question, ending with the literal `<reasoning>` (spec §5.2).
+    """Prompt text for one GSM8K question, ending with the literal `<reasoning>` (docs/method.md §5.2).
 
     Args:
         question: the GSM8K question text.
@@ -89,7 +89,7 @@ def split_answer(answer: str) -> tuple[str, str]:
 
 
 def build_target(answer: str) -> str:
-    """Target text: rationale + `</reasoning>\\n<answer>\\boxed{ANS}</answer>` (spec §5.2).
+    """Target text: rationale + `</reasoning>\\n<answer>\\boxed{ANS}</answer>` (docs/method.md §5.2).
 
     Args:
         answer: the dataset's `answer` field (rationale, `####`, final answer).
@@ -105,7 +105,7 @@ def build_target(answer: str) -> str:
 
 
 def normalize_number(text: str | None) -> str | None:
-    """Canonical string of a number, or None if `text` is not a single number (spec §6.1).
+    """Canonical string of a number, or None if `text` is not a single number (docs/method.md §6.1).
 
     Removes surrounding space, `$` / `\\$`, thousands commas, a trailing `.`, and a leading `+`;
     keeps the minus sign (also U+2212); `72.0` -> `72`, `0.50` -> `0.5`. Simple fractions
@@ -138,7 +138,7 @@ def normalize_number(text: str | None) -> str | None:
 
 
 def parse_gold(answer: str) -> str | None:
-    """Gold answer of a GSM8K solution: the number after `####`, normalised (spec §6.1).
+    """Gold answer of a GSM8K solution: the number after `####`, normalised (docs/method.md §6.1).
 
     Args:
         answer: the dataset's `answer` field.

@@ -2,7 +2,7 @@
 
 A sample stores the clean ids x1 and the instruction length c (``infill_cutoff``); the collator
 draws e and f with fresh uniforms at every batch (`retrofit.data.infill_format.draw_infill_split`,
-spec §1.7), so every epoch sees new splits, deterministically in (seed, collator step). Keeping the
+docs/method.md §1.7), so every epoch sees new splits, deterministically in (seed, collator step). Keeping the
 split out of the cached dataset is what makes that possible; the collator's canvas must be
 ``max_length + 2k`` (boundary format) or ``max_length + fim_overhead`` (LLaDA FIM baseline).
 
@@ -10,7 +10,7 @@ Two row layouts:
 
 * instruction / answer pairs (``prompt_field`` + ``response_field``; opc-sft: instruction /
   output, HumanEval monitoring: prompt / solution): each field tokenized on its own, ids
-  concatenated, c = len(instruction ids) (spec §1.7, "prefix_cutoff");
+  concatenated, c = len(instruction ids) (docs/method.md §1.7, "prefix_cutoff");
 * plain documents (``text_field``; e.g. a folder of .py files): c = 0.
 
 Overflow: ``"skip"`` (``too_long``; default for pairs) or ``"truncate"`` (the reference cuts at

@@ -1,6 +1,6 @@
 """The infilling formats, shared by training (collators), samplers and the HumanEval evaluation.
 
-FlexMDM boundary format (spec §1.7, §4.4): for a clean x1 of length l whose first c tokens are
+FlexMDM boundary format (docs/method.md §1.7, §4.4): for a clean x1 of length l whose first c tokens are
 the instruction, draw
 
     e = c + floor(U (l - 2 - c))          in [c, l - 3]
@@ -10,15 +10,15 @@ and lay out ``x1[0:e] ‖ B ‖ x1[e:f] ‖ B ‖ x1[f:l]`` with B = the ids of 
 prefix + first B and second B + suffix are protected, the middle keeps its true length. The
 canvas is ``max_length + 2k`` (k = len(B), :func:`infill_canvas_width`).
 
-LLaDA baseline FIM format (spec §1.7, second part): e = c + floor(U (l - c)), f as above, and
+LLaDA baseline FIM format (docs/method.md §1.7, second part): e = c + floor(U (l - c)), f as above, and
 ``I ‖ <prefix> ‖ x1[0:e] ‖ </prefix> ‖ <suffix> ‖ x1[f:l] ‖ </suffix> ‖ x1[e:f]`` with I a fixed
 instruction; everything before the middle is the prompt.
 
-Tokenization rule (spec §9.6): every string segment is tokenized on its own with
+Tokenization rule (docs/method.md §9.6): every string segment is tokenized on its own with
 ``add_special_tokens=False`` and the ids are concatenated (:func:`encode_segments`), at training
 and at evaluation alike, so "<infill-boundary>" is always the same k ids whatever surrounds it.
 
-Sampler use (spec §4.4):
+Sampler use (docs/method.md §4.4):
     >>> prefix_ids, suffix_ids = infill_prompt_ids(tokenizer, problem_prompt, problem_suffix)
     >>> middle_text = extract_middle(tokenizer.decode(canvas_ids, skip_special_tokens=True))
 """
@@ -50,18 +50,19 @@ __all__ = [
 ]
 
 BOUNDARY = "<infill-boundary>"
-"""The boundary string; not a registered special token, so it is usually several ids (spec §1.7)."""
+"""The boundary string; not a registered special token, so it is usually several ids (docs/method.md §1.7)."""
 
 FIM_DELIMITERS = ("<prefix>", "</prefix>", "<suffix>", "</suffix>")
 FIM_INSTRUCTION = (
     "Write the missing code that goes between the code in <prefix></prefix> and the code in "
     "<suffix></suffix>. Reply with the missing code only.\n"
 )
-"""Own paraphrase of the baseline's FIM instruction (spec §1.7)."""
+"""Own paraphrase of the baseline's FIM instruction (docs/method.md §1.7)."""
 
 
 def encode_segments(tokenizer: Any, segments: Sequence[str]) -> list[int]:
-    """Concatenated ids of each segment tokenized alone with ``add_special_tokens=False`` (spec §9.6)."""
+    """Concatenated ids of each segment tokenized alone with ``add_special_tokens=False``
+    (docs/method.md §9.6)."""
     ids: list[int] = []
     for text in segments:
         ids.extend(tokenizer(text, add_special_tokens=False)["input_ids"])
@@ -81,12 +82,12 @@ def boundary_ids(tokenizer: Any) -> list[int]:
 
 
 def infill_canvas_width(max_length: int, tokenizer: Any) -> int:
-    """Canvas width of boundary-format training: max_length + 2k (spec §1.7)."""
+    """Canvas width of boundary-format training: max_length + 2k (docs/method.md §1.7)."""
     return max_length + 2 * len(boundary_ids(tokenizer))
 
 
 def infill_prompt_ids(tokenizer: Any, prefix: str, suffix: str) -> tuple[list[int], list[int]]:
-    """(prefix ids + B, B + suffix ids): the fixed parts of a boundary-format canvas (spec §4.4)."""
+    """(prefix ids + B, B + suffix ids): the fixed parts of a boundary-format canvas (docs/method.md §4.4)."""
     b = boundary_ids(tokenizer)
     return encode_segments(tokenizer, [prefix]) + b, b + encode_segments(tokenizer, [suffix])
 
@@ -107,12 +108,13 @@ def fim_ids(tokenizer: Any) -> dict[str, list[int]]:
 
 
 def fim_overhead(tokenizer: Any) -> int:
-    """Extra canvas width of the FIM format: instruction + four delimiters (spec §5.4)."""
+    """Extra canvas width of the FIM format: instruction + four delimiters (docs/method.md §5.4)."""
     return sum(len(ids) for ids in fim_ids(tokenizer).values())
 
 
 def fim_prompt_ids(tokenizer: Any, prefix: str, suffix: str) -> list[int]:
-    """Baseline prompt ``I <prefix>prefix</prefix><suffix>suffix</suffix>``, segment-wise ids (spec §6.2)."""
+    """Baseline prompt ``I <prefix>prefix</prefix><suffix>suffix</suffix>``, segment-wise ids
+    (docs/method.md §6.2)."""
     return encode_segments(
         tokenizer, [FIM_INSTRUCTION, "<prefix>", prefix, "</prefix>", "<suffix>", suffix, "</suffix>"]
     )
@@ -126,7 +128,7 @@ def min_infill_length(cutoff: int) -> int:
 def draw_infill_split(
     lengths: Tensor, cutoffs: Tensor, u: Tensor, u2: Tensor, *, style: str = "flexmdm"
 ) -> tuple[Tensor, Tensor]:
-    """Prefix end e and suffix start f per row (spec §1.7).
+    """Prefix end e and suffix start f per row (docs/method.md §1.7).
 
     flexmdm: e = c + floor(u (l - 2 - c)), f = e + 1 + floor(u2 (l - e - 1)).
     fim: e = c + floor(u (l - c)), same f (the suffix may then be empty).
@@ -200,7 +202,7 @@ def _layout(x1: Tensor, consts: Sequence[Sequence[int]], pieces: list, flags, pa
 def boundary_layout(
     x1: Tensor, lengths: Tensor, e: Tensor, f: Tensor, boundary: Sequence[int], pad_id: int, width: int
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """``x1[0:e] ‖ B ‖ x1[e:f] ‖ B ‖ x1[f:l]`` right-padded to ``width`` (spec §1.7).
+    """``x1[0:e] ‖ B ‖ x1[e:f] ‖ B ‖ x1[f:l]`` right-padded to ``width`` (docs/method.md §1.7).
 
     Args:
         x1: long [B, L], right-padded clean sequences. lengths: long [B], l.
@@ -222,7 +224,8 @@ def boundary_layout(
 def fim_layout(
     x1: Tensor, lengths: Tensor, e: Tensor, f: Tensor, ids: dict[str, list[int]], pad_id: int, width: int
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """``I ‖ <prefix> ‖ x1[0:e] ‖ </prefix> ‖ <suffix> ‖ x1[f:l] ‖ </suffix> ‖ x1[e:f]`` (spec §1.7).
+    """``I ‖ <prefix> ‖ x1[0:e] ‖ </prefix> ‖ <suffix> ‖ x1[f:l] ‖ </suffix> ‖ x1[e:f]``
+    (docs/method.md §1.7).
 
     Args:
         x1, lengths, e, f, pad_id, width: as in :func:`boundary_layout`.

@@ -1,10 +1,10 @@
-"""`sft` format: prompt/response pairs with the prompt protected (spec §1.5, §1.6, §5.2).
+"""`sft` format: prompt/response pairs with the prompt protected (docs/method.md §1.5, §1.6, §5.2).
 
 The prompt and the response are tokenized **separately** (``add_special_tokens=False``; a chat
 template writes its own BOS, as in LLaDA's generate.py) and their ids concatenated, so the
 protected prefix has exactly P = len(prompt ids) tokens and samplers that tokenize the same
 prompt with :func:`encode_prompt` see the identical ids. No EOS is appended: FlexMDM learns length
-from insertions (spec §1.6); the LLaDA baseline gets its pad/EOS tail from `MDMCollator`.
+from insertions (docs/method.md §1.6); the LLaDA baseline gets its pad/EOS tail from `MDMCollator`.
 
 Templates: ``"gsm8k"`` turns a GSM8K row into ``build_prompt(question, tokenizer)`` /
 ``build_target(answer)`` (`retrofit.data.gsm8k_format`, the one format shared with sampling and

@@ -1,12 +1,12 @@
 """`text` format: one sample per document (unconditional FlexMDM transfer, tiny-base pretraining).
 
-Each document is tokenized without special tokens (spec §1.6: "no special tokens") and becomes
+Each document is tokenized without special tokens (docs/method.md §1.6: "no special tokens") and becomes
 one sample of its true length: documents are never packed together, because FlexMDM learns the
-length distribution from them (spec §5.1). A document longer than ``max_length`` is handled by
+length distribution from them (docs/method.md §5.1). A document longer than ``max_length`` is handled by
 ``overflow``:
 
 * ``"split"`` (default): consecutive chunks of ``max_length`` tokens, the last one shorter (what
-  the reference's delimiter splitter amounts to on LLaDA tokens, spec §5.1);
+  the reference's delimiter splitter amounts to on LLaDA tokens, docs/method.md §5.1);
 * ``"truncate"``: its first ``max_length`` tokens (counted in ``DataReport.truncated``);
 * ``"skip"``: dropped (counted as ``too_long``).
 

@@ -1,4 +1,4 @@
-"""GSM8K answer extraction and scoring (spec §6.1).
+"""GSM8K answer extraction and scoring (docs/method.md §6.1).
 
 `extract_answer` reads a decoded generation (the prompt may be included: the `\\boxed{}` and
 `\\boxed{...}` of the system prompt are skipped) and returns a canonical number string;
@@ -69,7 +69,7 @@ def _is_placeholder(content: str) -> bool:
 
 
 def extract_answer(generation: str) -> str | None:
-    """Predicted final answer of a GSM8K generation (spec §6.1 extraction order).
+    """Predicted final answer of a GSM8K generation (docs/method.md §6.1 extraction order).
 
     1. Scan the `\\boxed{...}` in order, skipping empty and dots-only ones. The first one that
        holds a number decides: the whole content if it is one number (or a simple fraction),
@@ -98,7 +98,7 @@ def extract_answer(generation: str) -> str | None:
 
 
 def is_correct(pred: str | None, gold: str | None) -> bool:
-    """Whether a predicted answer equals the gold answer numerically (spec §6.1 scoring).
+    """Whether a predicted answer equals the gold answer numerically (docs/method.md §6.1 scoring).
 
     Both sides go through `normalize_number`; values are compared as floats with a relative
     tolerance of 1e-9 (so `0.5`, `1/2` and `.50` all match `0.5`; the research code uses exact

@@ -221,7 +221,7 @@ class TextGenerator:
     ) -> list[Completion]:
         """Fill the middle between each prefix and suffix (`num_samples` per pair, prompt-major).
 
-        FlexMDM: boundary format, prefix + B and B + suffix, variable-length middle (spec §4.4,
+        FlexMDM: boundary format, prefix + B and B + suffix, variable-length middle (docs/method.md §4.4,
         §6.2). LLaDA: its FIM format with a fixed budget of `gen_length` tokens, cut at EOS.
         seed, example_ids: as in `generate` (one id per pair). Rows are sorted by prefix +
         suffix length into batches.

@@ -1,4 +1,4 @@
-"""GSM8K runner: generate answers in the training format and score them (spec §6.1).
+"""GSM8K runner: generate answers in the training format and score them (docs/method.md §6.1).
 
 Direct path (default, no lm-eval): every test question becomes `gsm8k_format.build_prompt`
 (optionally preceded by K solved train examples as earlier chat turns), one sample per question
@@ -34,7 +34,7 @@ STOP = ("</answer>",)
 
 
 def fewshot_prompt(question: str, tokenizer: Any, shots: list[dict[str, str]]) -> str:
-    """`build_prompt(question, tokenizer)` preceded by solved examples (spec §5.2 format).
+    """`build_prompt(question, tokenizer)` preceded by solved examples (docs/method.md §5.2 format).
 
     Each shot is a user turn (system prompt + its question) and an assistant turn
     "<reasoning>" + `build_target(answer)`; with a chat template they are chat turns, otherwise

@@ -1,4 +1,4 @@
-"""Read the HumanEval-infilling benchmark files (spec §6.2).
+"""Read the HumanEval-infilling benchmark files (docs/method.md §6.2).
 
 The four benchmarks of openai/human-eval-infilling are read from local copies:
 `$RETROFIT_DATA_DIR/humaneval-infilling/HumanEval-<Name>Infilling.jsonl.gz`. (The PyPI package

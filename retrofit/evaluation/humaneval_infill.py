@@ -1,8 +1,9 @@
-"""HumanEval infilling runner: generate middles, execute them in the sandbox, report pass@k (spec §6.2).
+"""HumanEval infilling runner: generate middles, execute them in the sandbox, report pass@k
+(docs/method.md §6.2).
 
 For each task the model fills the middle between `prompt` and `suffix`: a FlexMDM in the
 boundary format with a length of its own choosing (prefix = prompt + B, suffix = B + suffix;
-spec §4.4), the LLaDA baseline in its FIM format with a fixed budget of `gen_length` tokens cut
+docs/method.md §4.4), the LLaDA baseline in its FIM format with a fixed budget of `gen_length` tokens cut
 at the first EOS. The executed program is prompt + middle + suffix + test
 (`sandbox.run_completion`). Metrics: pass@k (unbiased estimator, k <= n) with standard errors
 over tasks, and the exact-length rate: the share of middles with exactly the canonical middle's

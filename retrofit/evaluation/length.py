@@ -1,4 +1,5 @@
-"""Length-statistics runner: generated response lengths vs the data's (spec §6.4, "Length statistics").
+"""Length-statistics runner: generated response lengths vs the data's
+(docs/method.md §6.4, "Length statistics").
 
 For each model folder, N responses are sampled (`per-prompt`: one per GSM8K question of the
 test split, in order; `unconditional`: N from an empty prompt) and their lengths in tokens are

@@ -1,4 +1,4 @@
-"""Length statistics of generated vs reference samples (spec §6.4, "Length statistics").
+"""Length statistics of generated vs reference samples (docs/method.md §6.4, "Length statistics").
 
 `length_metrics` compares two samples of sequence lengths (in tokens) with the 1-Wasserstein
 distance and the two-sample Kolmogorov-Smirnov statistic (same values as

@@ -1,11 +1,11 @@
 """Monte-Carlo likelihood bounds for lm-eval's `loglikelihood` / `loglikelihood_rolling`.
 
-* LLaDA (MDM baseline): LLaDA's stratified MC ELBO (spec §4.10). Row r of a group of b copies
+* LLaDA (MDM baseline): LLaDA's stratified MC ELBO (docs/method.md §4.10). Row r of a group of b copies
   masks x_r = ((round(k + r T / b) - 1) mod T) + 1 of the T target tokens (k ~ U{1..T}), chosen
   uniformly; loss_r = sum_masked CE / (x_r / T); the estimate of -log p(a | c) is the mean.
-* FlexMDM: the FlexMDM loss of spec §3.2 without the batch normaliser, i.e. for one t
+* FlexMDM: the FlexMDM loss of docs/method.md §3.2 without the batch normaliser, i.e. for one t
   w_u(t) sum_masked CE + w_i(t) sum_gaps D(g, g_hat), averaged over stratified t in (0, 1).
-  Its expectation over t ~ U[0, 1] upper-bounds -log p(a | c) in nats (spec §3.4; exact bound
+  Its expectation over t ~ U[0, 1] upper-bounds -log p(a | c) in nats (docs/method.md §3.4; exact bound
   only when alpha(1) = 1: with geometric(10, 0.01) ~1% of the tokens are never inserted).
 
 Both return non-negative float estimates of the negative log-likelihood (nats) per request.
@@ -21,9 +21,9 @@ from retrofit.loss import bregman_poisson
 
 
 def llada_mask_counts(num_targets: int, num_rows: int, k: int) -> list[int]:
-    """Stratified masked-token counts of one MC group (spec §4.10 step 2).
+    """Stratified masked-token counts of one MC group (docs/method.md §4.10 step 2).
 
-    Example: T = 8, b = 4, k = 3 -> [3, 5, 7, 1] (spec §7.5).
+    Example: T = 8, b = 4, k = 3 -> [3, 5, 7, 1] (docs/method.md §7.5).
 
     Args:
         num_targets: T >= 1, number of target tokens.
@@ -65,7 +65,7 @@ def llada_nll(
     batch_size: int = 32,
     generator: torch.Generator | None = None,
 ) -> float:
-    """LLaDA's MC estimate of -log p(target | prompt) in nats (spec §4.10).
+    """LLaDA's MC estimate of -log p(target | prompt) in nats (docs/method.md §4.10).
 
     Rows come in groups of b = min(batch_size, mc_num) (one forward pass each); group g draws
     k ~ U{1..T} and row r masks `llada_mask_counts(T, b, k)[r]` target positions chosen uniformly
@@ -116,10 +116,10 @@ def flexmdm_nll(
     batch_size: int = 32,
     generator: torch.Generator | None = None,
 ) -> float:
-    """FlexMDM ELBO estimate of -log p(target | prompt) in nats (spec §3.2, §3.4).
+    """FlexMDM ELBO estimate of -log p(target | prompt) in nats (docs/method.md §3.2, §3.4).
 
-    Each row draws a time t (stratified within a group of rows, spec §3.5), samples the
-    interpolant x_t of prompt + target with the prompt protected (spec §1.3-1.5) under the
+    Each row draws a time t (stratified within a group of rows, docs/method.md §3.5), samples the
+    interpolant x_t of prompt + target with the prompt protected (docs/method.md §1.3-1.5) under the
     model's training schedules, and scores
     w_u(t) sum_{mask slots} CE + w_i(t) sum_{j <= n} D(g_j, g_hat_j) (the §3.2 loss without the
     batch normaliser). The mean over rows is an unbiased estimate of the bound.

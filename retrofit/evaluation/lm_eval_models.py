@@ -14,7 +14,7 @@ instance to `simple_evaluate`.
   the copy number of lm-eval's repeats), so a text does not depend on batch size, request order
   or the number of processes.
 * `loglikelihood`: -(MC ELBO) of the continuation given the context: LLaDA's stratified
-  estimator for LLaDA (spec §4.10), the FlexMDM bound for FlexMDM (spec §3.4); `is_greedy` from
+  estimator for LLaDA (docs/method.md §4.10), the FlexMDM bound for FlexMDM (§3.4); `is_greedy` from
   one-shot argmax decoding of the masked continuation. Every request uses a fresh generator
   seeded with `seed`, so scores do not depend on batching or on the number of processes.
 * `loglikelihood_rolling`: the same bound over lm-eval's disjoint rolling windows.

@@ -3,7 +3,7 @@
 Two GSM8K tasks are prepared in a work folder, each `include:`-ing its source YAML:
 
 * `gsm8k_flexmdm` (eval/tasks/gsm8k_flexmdm.yaml): zero-shot, the training prompt format,
-  `extract_answer` scoring (spec §6.1); run with the chat template when the tokenizer has one.
+  `extract_answer` scoring (docs/method.md §6.1); run with the chat template when the tokenizer has one.
 * `gsm8k`: lm-eval's stock task (few-shot "Question: ... Answer:", `####` extraction), the
   secondary number; its built-in YAML is found in the installed lm-eval, not hard-coded.
 

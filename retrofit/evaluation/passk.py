@@ -1,4 +1,4 @@
-"""pass@k and standard errors (spec §6.2, "Metric").
+"""pass@k and standard errors (docs/method.md §6.2, "Metric").
 
 `pass_at_k(n, c, k)` is the unbiased estimator of Chen et al. (2021),
 1 - C(n-c, k) / C(n, k), evaluated in the stable product form
@@ -20,7 +20,7 @@ import numpy as np
 
 
 def pass_at_k(n, c, k: int):
-    """Unbiased pass@k per task: 1 - C(n-c, k) / C(n, k) (spec §6.2).
+    """Unbiased pass@k per task: 1 - C(n-c, k) / C(n, k) (docs/method.md §6.2).
 
     Args:
         n: samples per task; int or int array of shape [T].

@@ -1,4 +1,4 @@
-"""Sandboxed execution of HumanEval(-infilling) completions (spec §6.2, "Execution").
+"""Sandboxed execution of HumanEval(-infilling) completions (docs/method.md §6.2, "Execution").
 
 The executed program is `prompt + completion + suffix + "\\n" + test + "\\n" + "check(entry_point)"`.
 Each program runs in its own child process, `sys.executable -I`, with these layers:
@@ -212,7 +212,7 @@ def _kill_group(proc: subprocess.Popen) -> None:
 def run_completion(
     problem: Mapping[str, str], completion: str, timeout_s: float = 3.0, memory_mb: int = 1024
 ) -> ExecResult:
-    """Execute one completion against its task's tests in the sandbox (spec §6.2).
+    """Execute one completion against its task's tests in the sandbox (docs/method.md §6.2).
 
     Args:
         problem: HumanEval(-infilling) task dict (see `build_program`).

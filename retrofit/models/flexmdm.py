@@ -6,8 +6,8 @@
     logits = backbone.compute_logits(h[:, :L])     [B, L, V]  (or [N, V] at logits_mask)
     expected_gaps = length_head(h)                  [B, L+1]
 
-Spec §2.1-2.10. With zero AdaLN the token logits equal the base LLaDA's on the same width-(L+1)
-canvas and key mask (spec §2.10), so a fresh graft starts from the pretrained model.
+docs/method.md §2.1-2.10. With zero AdaLN the token logits equal the base LLaDA's on the same width-(L+1)
+canvas and key mask (docs/method.md §2.10), so a fresh graft starts from the pretrained model.
 
 Usage:
     >>> import retrofit.models  # registers "flexmdm" with AutoConfig / AutoModel
@@ -46,31 +46,31 @@ _IGNORED_FORWARD_KWARGS = (
 
 
 class FlexMDMConfig(PretrainedConfig):
-    """Configuration of a FlexMDM retrofit of LLaDA (`model_type` "flexmdm"; spec §2, §9.7).
+    """Configuration of a FlexMDM retrofit of LLaDA (`model_type` "flexmdm"; docs/method.md §2, §9.7).
 
     The sampler defaults to the *training* schedules stored here (`insertion_schedule`,
     `unmasking_schedule`), unlike the research code, which trains with geometric insertion and
-    samples with linear (spec §4.5, §9.3); `sampler_defaults` may record other sampler settings.
+    samples with linear (docs/method.md §4.5, §9.3); `sampler_defaults` may record other sampler settings.
 
     Args:
         backbone: the LLaDA config (dict or LLaDAConfig); None = LLaDA-8B defaults.
         time_embed_dim: sinusoidal feature size E (even); default d_model.
         time_hidden_size: time-MLP hidden width; default 4 * d_model.
-        adaln_group_size: consecutive blocks sharing one AdaLN modulator (spec §2.5); default 8.
+        adaln_group_size: consecutive blocks sharing one AdaLN modulator (docs/method.md §2.5); default 8.
             Number of groups = ceil(n_layers / adaln_group_size).
         length_head_hidden: length-head hidden width; default d_model.
-        length_scale: multiplier of the length head's softplus; default `canvas_width` (spec §2.6).
+        length_scale: multiplier of the length head's softplus; default `canvas_width` (docs/method.md §2.6).
         canvas_width: training canvas width L_max (1024 in the 8B recipe).
-        loss_normalizer: divisor of the summed loss (spec §3.4); default `canvas_width`.
+        loss_normalizer: divisor of the summed loss (docs/method.md §3.4); default `canvas_width`.
         pad_attention: "slots" (row b attends to keys 0..n_b: exact under trimming) or "full"
-            (all L+1 columns attend to each other, the research retrofit; spec §2.2).
+            (all L+1 columns attend to each other, the research retrofit; docs/method.md §2.2).
         insertion_schedule: alpha, a `make_schedule` description; default geometric(10, 0.01).
         unmasking_schedule: beta; default linear.
         mask_token_id: mask id M; default the backbone's.
         pad_token_id: pad id (the appended column and canvas tail); default the backbone's.
         base_model: name or path of the LLaDA it was grafted from (informational).
         sampler_defaults: optional sampler settings (e.g. {"steps": 256}).
-        time_max_period: sinusoid period base (spec §2.4), 10 000.
+        time_max_period: sinusoid period base (docs/method.md §2.4), 10 000.
 
     Raises:
         ValueError: invalid value; the message names the field.
@@ -135,7 +135,7 @@ class FlexMDMConfig(PretrainedConfig):
 
     @property
     def num_adaln_groups(self) -> int:
-        """ceil(n_layers / adaln_group_size): 4 for LLaDA-8B with groups of 8 (spec §2.5)."""
+        """ceil(n_layers / adaln_group_size): 4 for LLaDA-8B with groups of 8 (docs/method.md §2.5)."""
         return math.ceil(self.num_hidden_layers / self.adaln_group_size)
 
     def validate_flexmdm(self) -> None:
@@ -161,13 +161,13 @@ class FlexMDMConfig(PretrainedConfig):
 
 @dataclass
 class FlexMDMOutput(ModelOutput):
-    """Output of `FlexMDMModel.forward` (spec §2.1).
+    """Output of `FlexMDMModel.forward` (docs/method.md §2.1).
 
     Attributes:
         logits: [B, L, V_emb] token logits in the model dtype, or [N, V_emb] for the N True
             entries of `logits_mask` (row-major order, i.e. `logits_mask.nonzero()`).
         expected_gaps: [B, L+1] float32 >= 0: g_hat_j, the expected number of insertions into
-            gap j (read at position j; j = n_b is the tail gap; spec §2.2, §2.6).
+            gap j (read at position j; j = n_b is the tail gap; docs/method.md §2.2, §2.6).
         prefix_cache: with `cache_prefix=P`, the PrefixCache of canvas positions 0..P-1 (their
             keys/values carry the AdaLN modulation of this forward's t), else None.
         trunk_positions: B x (L+1), the positions fed to the trunk (the length slot included);
@@ -184,7 +184,7 @@ class FlexMDMOutput(ModelOutput):
 
 
 class FlexMDMModel(PreTrainedModel):
-    """LLaDA trunk + time embedding + grouped zero-init AdaLN + length head (spec §2.4-2.6).
+    """LLaDA trunk + time embedding + grouped zero-init AdaLN + length head (docs/method.md §2.4-2.6).
 
     Submodules: `backbone` (LLaDAModelLM; tensors under `backbone.model.transformer.*`),
     `time_embedding` (parameter-free), `time_mlp`, `adaln` (ModuleList, one modulator per group)
@@ -219,7 +219,7 @@ class FlexMDMModel(PreTrainedModel):
         there, so tensors already loaded (flag `_is_hf_initialized`) are never overwritten.
         """
         if isinstance(module, (nn.Linear, nn.LayerNorm)):
-            # PyTorch default init (spec §2.4, §2.6); AdaLNModulation's reset is zero (spec §2.5)
+            # PyTorch default init (docs/method.md §2.4, §2.6); AdaLNModulation's reset is zero (§2.5)
             module.reset_parameters()
 
     def get_input_embeddings(self) -> nn.Embedding:
@@ -245,11 +245,11 @@ class FlexMDMModel(PreTrainedModel):
         raise TypeError("FlexMDM is not autoregressive: sample with retrofit.sampling, not generate()")
 
     def new_module_names(self) -> list[str]:
-        """Names of the modules the graft adds, for peft `modules_to_save` (spec §2.9)."""
+        """Names of the modules the graft adds, for peft `modules_to_save` (docs/method.md §2.9)."""
         return ["time_mlp", "length_head"] + [f"adaln.{k}" for k in range(len(self.adaln))]
 
     def block_modulation(self, t: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Per-block AdaLN (scale, shift) for times t [B] float (spec §2.4-2.5).
+        """Per-block AdaLN (scale, shift) for times t [B] float (docs/method.md §2.4-2.5).
 
         Returns:
             A list with one (scale [B, D], shift [B, D]) pair per backbone block; blocks
@@ -270,7 +270,7 @@ class FlexMDMModel(PreTrainedModel):
         prefix_cache: PrefixCache | None = None,
         **kwargs,
     ) -> FlexMDMOutput:
-        """Token posteriors and expected gap counts for the canvas x_t at time t (spec §2.1-2.2).
+        """Token posteriors and expected gap counts for the canvas x_t at time t (docs/method.md §2.1-2.2).
 
         Args:
             input_ids: [B, L] int64 canvas: the n_b slots of row b, then pad. With
@@ -325,7 +325,7 @@ class FlexMDMModel(PreTrainedModel):
         h = out.last_hidden_state  # [B, L+1, D], post-ln_f
         if logits_mask is None:
             # The LM head runs on all L+1 rows, as in the base LLaDA, so the GEMM (whose rounding
-            # depends on its shape) gives bitwise the base's logits at graft time (spec §2.10).
+            # depends on its shape) gives bitwise the base's logits at graft time (docs/method.md §2.10).
             logits = self.backbone.compute_logits(h)[:, :L]  # [B, L, V] (a view)
         else:
             logits = self.backbone.logits_at(h[:, :L], logits_mask)  # [N, V]
@@ -363,7 +363,7 @@ class FlexMDMModel(PreTrainedModel):
     def _canvas(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Append the pad column; in "slots" mode also the key mask of keys 0..n_b (spec §2.2)."""
+        """Append the pad column; in "slots" mode also the key mask of keys 0..n_b (docs/method.md §2.2)."""
         B, L = input_ids.shape
         pad = self.config.pad_token_id
         canvas = nn.functional.pad(input_ids, (0, 1), value=pad)  # [B, L+1]
@@ -383,7 +383,7 @@ class FlexMDMModel(PreTrainedModel):
         dtype: torch.dtype | None = None,
         **graft_kwargs: Any,
     ) -> FlexMDMModel:
-        """Graft fresh FlexMDM modules onto a LLaDA model (spec §2.4-2.6, §2.10).
+        """Graft fresh FlexMDM modules onto a LLaDA model (docs/method.md §2.4-2.6, §2.10).
 
         Args:
             path_or_model: a LLaDAModelLM (reused as the backbone, no copy) or a folder / Hub name.

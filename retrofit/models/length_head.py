@@ -1,7 +1,8 @@
-"""FlexMDM length head: the expected number of insertions per gap, read at every canvas slot (spec §2.6).
+"""FlexMDM length head: the expected number of insertions per gap, read at every canvas slot
+(docs/method.md §2.6).
 
 Gap j (j < n: the deleted tokens just before slot j; j = n: the tail) is predicted from the
-post-`ln_f` state at position j of the width-(L+1) canvas (spec §2.2).
+post-`ln_f` state at position j of the width-(L+1) canvas (docs/method.md §2.2).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from retrofit.models.time_embedding import param_dtype
 
 
 class LengthHead(nn.Module):
-    """Expected-gap head: g_hat = scale * softplus(out(GELU(proj(LayerNorm(h))))) (spec §2.6).
+    """Expected-gap head: g_hat = scale * softplus(out(GELU(proj(LayerNorm(h))))) (docs/method.md §2.6).
 
     LayerNorm is affine with eps 1e-5, GELU is the exact (erf) form, softplus has beta 1 and
     threshold 20, all parts use PyTorch default init (so g_hat ~ scale * ln 2 at graft time).

@@ -1,6 +1,6 @@
 """Native LLaDA (masked-diffusion LM) for transformers 4.5x / 5.x, no `trust_remote_code`.
 
-Parameter names equal the official GSAI-ML/LLaDA-8B checkpoints (spec §8.2), so their sharded
+Parameter names equal the official GSAI-ML/LLaDA-8B checkpoints (docs/method.md §8.2), so their sharded
 safetensors load with zero missing / unexpected keys:
 
     model.transformer.wte.weight                    [V_emb, D]
@@ -14,7 +14,7 @@ safetensors load with zero missing / unexpected keys:
     model.transformer.ln_f.weight                   [D]
     model.transformer.ff_out.weight                 [V_emb, D]  (untied LM head)
 
-Block math (spec §2.3, §8.3): pre-norm Llama block, RMSNorm in fp32, RoPE in fp32 with the
+Block math (docs/method.md §2.3, §8.3): pre-norm Llama block, RMSNorm in fp32, RoPE in fp32 with the
 NeoX half-split rotation, bidirectional SDPA (no causal mask), SwiGLU MLP, no biases.
 
 Usage:
@@ -50,7 +50,7 @@ class LLaDAOutput(ModelOutput):
     Attributes:
         logits: [B, L, V_emb] token logits (model dtype), or None if `return_logits=False`.
         hidden_states: tuple of n_layers + 1 tensors [B, L, D]: the input of each block, then the
-            final post-`ln_f` state (spec §8.3). None unless requested.
+            final post-`ln_f` state (docs/method.md §8.3). None unless requested.
         last_hidden_state: [B, L, D] post-`ln_f` state (always returned; the FlexMDM length head
             and masked-slot logits read it).
         prefix_cache: the PrefixCache of the first P positions when the forward was called with
@@ -70,7 +70,7 @@ class LLaDAOutput(ModelOutput):
 
 
 class RMSNorm(nn.Module):
-    """RMSNorm computed in fp32, cast back, then scaled by the weight (spec §8.3)."""
+    """RMSNorm computed in fp32, cast back, then scaled by the weight (docs/method.md §8.3)."""
 
     def __init__(self, dim: int, eps: float):
         super().__init__()
@@ -87,7 +87,7 @@ class RMSNorm(nn.Module):
 def rope_cos_sin(
     length: int, head_dim: int, theta: float, device: torch.device | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """RoPE tables for absolute positions 0..length-1, in fp32 (spec §8.3).
+    """RoPE tables for absolute positions 0..length-1, in fp32 (docs/method.md §8.3).
 
     inv_freq_k = theta^(-2k/head_dim), angle = pos * inv_freq, duplicated as [f || f].
 
@@ -107,7 +107,8 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 
 
 def _modulate(y: torch.Tensor, scale_shift: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
-    """AdaLN: y <- (1 + scale) * y + shift, scale/shift [B, D] broadcast over positions (spec §2.5)."""
+    """AdaLN: y <- (1 + scale) * y + shift, scale/shift [B, D] broadcast over positions
+    (docs/method.md §2.5)."""
     if scale_shift is None:
         return y
     scale, shift = scale_shift
@@ -115,7 +116,7 @@ def _modulate(y: torch.Tensor, scale_shift: tuple[torch.Tensor, torch.Tensor] | 
 
 
 class LLaDABlock(GradientCheckpointingLayer):
-    """One pre-norm Llama-style LLaDA block (spec §2.3, §8.3)."""
+    """One pre-norm Llama-style LLaDA block (docs/method.md §2.3, §8.3)."""
 
     def __init__(self, config: LLaDAConfig):
         super().__init__()
@@ -279,12 +280,12 @@ class LLaDAModelLM(PreTrainedModel):
             input_ids: [B, L] int64 token ids. Positions are the absolute indices 0..L-1 (with
                 `prefix_cache`: the live columns, absolute positions P..P+L-1).
             attention_mask: optional [B, L] (bool or 0/1): keys with 0 are not attended to
-                (query positions are still computed). None = full attention (spec §2.2). With
+                (query positions are still computed). None = full attention (docs/method.md §2.2). With
                 `prefix_cache` it covers the live columns only; cached prefix keys are always
                 attended to.
             output_hidden_states: also return the input of each block and the final state.
             block_modulation: optional, one `(scale, shift)` pair ([B, D] each) or None per block,
-                applied after attn_norm and ff_norm (FlexMDM AdaLN, spec §2.5).
+                applied after attn_norm and ff_norm (FlexMDM AdaLN, docs/method.md §2.5).
             return_logits: set False to skip the LM head (FlexMDM computes logits only where needed).
             logits_mask: optional [B, L] bool: logits only there (`logits_at`); the MDM loss needs
                 only the masked positions, and the LM head is much of a small model's cost.

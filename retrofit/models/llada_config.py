@@ -1,4 +1,4 @@
-"""`LLaDAConfig`: the official LLaDA config.json keys (spec §8.1-8.2), validated on load.
+"""`LLaDAConfig`: the official LLaDA config.json keys (docs/method.md §8.1-8.2), validated on load.
 
 Keys whose other values retrofit's native LLaDA does not implement (ALiBi, biases, ...) raise a
 ValueError that names the key; see `retrofit.models.llada` for the model itself.
@@ -26,7 +26,7 @@ _UNSUPPORTED: tuple[tuple[str, object, str], ...] = (
 
 
 class LLaDAConfig(PretrainedConfig):
-    """Configuration of a LLaDA model; accepts every key of the official config.json (spec §8.1).
+    """Configuration of a LLaDA model; accepts every key of the official config.json (docs/method.md §8.1).
 
     Defaults are the LLaDA-8B-Base values. Keys that only matter to the original training code
     (init_fn, precision, flash_attention, ...) are stored and ignored.

@@ -37,7 +37,7 @@ INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
 # Tensors the official remote code may store that the native model recomputes.
 IGNORED_TENSORS = re.compile(r"rotary_emb\.inv_freq")
-# Tensor-name suffix -> config.json key that sets each dimension (spec §8.2).
+# Tensor-name suffix -> config.json key that sets each dimension (docs/method.md §8.2).
 _DIM_KEYS: dict[str, tuple[str, ...]] = {
     "wte.weight": ("embedding_size", "d_model"),
     "transformer.ff_out.weight": ("embedding_size", "d_model"),
@@ -368,7 +368,7 @@ def load_llada(
 
 
 def resolve_mask_id(config, tokenizer=None) -> int:
-    """The mask token id: `config.mask_token_id`, else the tokenizer's `<|mdm_mask|>` (spec §8.4).
+    """The mask token id: `config.mask_token_id`, else the tokenizer's `<|mdm_mask|>` (docs/method.md §8.4).
 
     Args:
         config: LLaDAConfig (or any object / dict with `mask_token_id`).

@@ -1,4 +1,4 @@
-"""FlexMDM time conditioning: sinusoidal features of t, the time MLP, grouped AdaLN (spec §2.4-2.5).
+"""FlexMDM time conditioning: sinusoidal features of t, the time MLP, grouped AdaLN (docs/method.md §2.4-2.5).
 
     t [B] --SinusoidalTimeEmbedding--> [B, E] --TimeMLP--> e [B, D] --AdaLNModulation_k--> (scale, shift)
 
@@ -21,7 +21,7 @@ def param_dtype(module: nn.Module) -> torch.dtype:
 
 
 class SinusoidalTimeEmbedding(nn.Module):
-    """Parameter-free sinusoidal features of the raw FlexMDM time t (spec §2.4.1).
+    """Parameter-free sinusoidal features of the raw FlexMDM time t (docs/method.md §2.4.1).
 
     phi_k = exp(-ln(max_period) * k / half), k = 0..half-1;
     emb(t) = [cos(t * phi) || sin(t * phi)]  (cosines first; t is not scaled by 1000).
@@ -54,7 +54,7 @@ class SinusoidalTimeEmbedding(nn.Module):
 
 
 class TimeMLP(nn.Module):
-    """e(t) = fc2(SiLU(fc1(emb))) with PyTorch default init and no output activation (spec §2.4.2).
+    """e(t) = fc2(SiLU(fc1(emb))) with PyTorch default init and no output activation (docs/method.md §2.4.2).
 
     Args:
         in_dim: sinusoidal feature size E.
@@ -73,7 +73,7 @@ class TimeMLP(nn.Module):
 
 
 class AdaLNModulation(nn.Linear):
-    """One AdaLN group modulator G_k: D -> 2D, weight and bias zero-initialised (spec §2.5).
+    """One AdaLN group modulator G_k: D -> 2D, weight and bias zero-initialised (docs/method.md §2.5).
 
     [scale || shift] = G_k(e); the first D outputs are the scale, the last D the shift. One
     instance is owned by `FlexMDMModel.adaln` per group of `adaln_group_size` consecutive blocks.
@@ -86,7 +86,7 @@ class AdaLNModulation(nn.Linear):
         super().__init__(d_model, 2 * d_model, bias=True)  # nn.Linear calls reset_parameters
 
     def reset_parameters(self) -> None:
-        """Zero weight and bias, so that at graft time scale = shift = 0 (spec §2.10)."""
+        """Zero weight and bias, so that at graft time scale = shift = 0 (docs/method.md §2.10)."""
         nn.init.zeros_(self.weight)
         nn.init.zeros_(self.bias)
 

@@ -1,4 +1,4 @@
-"""Tiny random LLaDA checkpoints in exactly the official on-disk layout (spec §8.1, §8.2).
+"""Tiny random LLaDA checkpoints in exactly the official on-disk layout (docs/method.md §8.1, §8.2).
 
 A folder written by `write_tiny_llada` looks like GSAI-ML/LLaDA-8B-Base, only small:
 
@@ -37,7 +37,7 @@ from retrofit.models.tokenizer import MASK_TOKEN, build_tokenizer, save_tokenize
 
 EMBEDDING_MULTIPLE = 64
 
-# config.json keys of the official LLaDA checkpoints (spec §8.1), written in this order.
+# config.json keys of the official LLaDA checkpoints (docs/method.md §8.1), written in this order.
 OFFICIAL_CONFIG_KEYS: tuple[str, ...] = (
     "activation_type", "alibi", "alibi_bias_max", "architectures", "attention_dropout",
     "attention_layer_norm", "attention_layer_norm_with_affine", "auto_map", "bias_for_layer_norm",
@@ -69,7 +69,7 @@ _PACKAGE_IMPORTS = {
 
 
 def official_config_dict(config: LLaDAConfig) -> dict:
-    """config.json contents with exactly the official LLaDA keys (spec §8.1), sorted.
+    """config.json contents with exactly the official LLaDA keys (docs/method.md §8.1), sorted.
 
     Args:
         config: the LLaDA configuration to serialise.

@@ -1,4 +1,4 @@
-"""Tiny LLaDA-style tokenizers: byte-level BPE with LLaDA's special tokens (spec §8.4).
+"""Tiny LLaDA-style tokenizers: byte-level BPE with LLaDA's special tokens (docs/method.md §8.4).
 
 `build_tokenizer()` needs no data: 256 byte tokens (id = byte value) plus the six LLaDA special
 tokens appended after them, like LLaDA, whose special tokens sit after its regular vocabulary.
@@ -48,7 +48,7 @@ SPECIAL_TOKENS: tuple[str, ...] = (
     EOT_TOKEN,
 )
 
-# Llama-3 chat format as used by LLaDA-Instruct (spec §8.4): BOS once, then per message
+# Llama-3 chat format as used by LLaDA-Instruct (docs/method.md §8.4): BOS once, then per message
 # `<|start_header_id|>ROLE<|end_header_id|>\n\nCONTENT<|eot_id|>`; the generation prompt opens
 # an assistant header.
 CHAT_TEMPLATE = (
@@ -143,7 +143,7 @@ def build_tokenizer(
     vocab_size: int | None = None,
     add_bos_token: bool = False,
 ) -> PreTrainedTokenizerFast:
-    """Build a byte-level BPE tokenizer with LLaDA's special tokens (spec §8.4).
+    """Build a byte-level BPE tokenizer with LLaDA's special tokens (docs/method.md §8.4).
 
     Args:
         train_on: text files / directories to fit BPE merges on (see `iter_texts`). None gives

@@ -1,14 +1,14 @@
-"""FlexMDM sampler: tau-leaping over insert-mask and unmask events (spec §4.1-§4.5, §4.7, §7.3).
+"""FlexMDM sampler: tau-leaping over insert-mask and unmask events (docs/method.md §4.1-§4.5, §4.7, §7.3).
 
 From the prompt (or nothing) at t = 0 to t = 1 in S steps of dt = 1/S, one forward pass each:
 unmask K ~ Poisson(N h_β(t) dt) masks chosen by confidence, then insert e_j ~ Poisson(ĝ_j h_α(t) dt)
-masks per allowed gap, on the pre-unmask layout (spec §4.2). Then, unlike the research sampler,
+masks per allowed gap, on the pre-unmask layout (docs/method.md §4.2). Then, unlike the research sampler,
 a final insertion at t = 1 of the mass still pending (e_j ~ Poisson(ĝ_j(t = 1))) and one fill pass
-that unmasks every remaining mask, sampled from p_θ (spec §7.3.5). ``reference=True`` keeps the
+that unmasks every remaining mask, sampled from p_θ (docs/method.md §7.3.5). ``reference=True`` keeps the
 research behaviour: linear hazards, no insertion in the last step, an argmax fill in the last step.
 
 Hazards come from the schedules stored in the model config (``insertion_schedule``,
-``unmasking_schedule``) unless the sampler config names others (spec §4.5). Each step runs the
+``unmasking_schedule``) unless the sampler config names others (docs/method.md §4.5). Each step runs the
 model only on the columns in use (the longest current row; the model appends the length slot).
 
 Rows are independent: each row is left-aligned at column 0 with its own length, protected
@@ -74,7 +74,7 @@ class _State:
 
 @dataclass
 class FlexMDMSampler:
-    """Prompt-conditioned sampling and infilling with a FlexMDM (spec §4.2, §4.4).
+    """Prompt-conditioned sampling and infilling with a FlexMDM (docs/method.md §4.2, §4.4).
 
     Args:
         model: ``model(input_ids [B, L], t [B], attention_mask [B, L]) -> .logits [B, L, V],
@@ -149,7 +149,7 @@ class FlexMDMSampler:
         example_ids: list[int] | None = None,
         row_keys: list[int] | None = None,
     ) -> SampleOutput:
-        """Fill the middle between each prefix and suffix; the model picks its length (spec §4.4).
+        """Fill the middle between each prefix and suffix; the model picks its length (docs/method.md §4.4).
 
         Prefix and suffix tokens never change; insertions go only into gaps
         P_pre <= j <= n - P_suf and the middle grows by at most ``max_middle`` tokens.
@@ -210,7 +210,7 @@ class FlexMDMSampler:
         return self._output(st, passes, trace)
 
     def _step(self, st: _State, t: float, dt: float, rand: RowRandom) -> None:
-        """One tau-leaping step: predict, unmask on the pre-insertion canvas, insert (spec §4.2)."""
+        """One tau-leaping step: predict, unmask on the pre-insertion canvas, insert (docs/method.md §4.2)."""
         width = self._width(st)
         pred = self._predict(st, t, width)
         self._unmask(st, pred.logits, rand, hazard_dt=self._hazard("unmasking", t) * dt)

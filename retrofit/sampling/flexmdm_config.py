@@ -1,4 +1,5 @@
-"""`FlexMDMSamplerConfig`: the settings of `retrofit.sampling.flexmdm.FlexMDMSampler` (spec §4.2-§4.6)."""
+"""`FlexMDMSamplerConfig`: the settings of `retrofit.sampling.flexmdm.FlexMDMSampler`
+(docs/method.md §4.2-§4.6)."""
 
 from __future__ import annotations
 
@@ -11,14 +12,14 @@ from retrofit.sampling.fast_options import FastSamplingOptions
 __all__ = ["CONFIDENCE_METHODS", "FlexMDMSamplerConfig"]
 
 CONFIDENCE_METHODS = ("prob_diff", "top_prob", "entropy", "position", "random")
-"""Confidence rules of spec §4.3 plus ``random`` (uniform choice of slots = plain ancestral)."""
+"""Confidence rules of docs/method.md §4.3 plus ``random`` (uniform choice of slots = plain ancestral)."""
 
 _FILL_MODES = ("sample", "argmax")
 
 
 @dataclass(frozen=True)
 class FlexMDMSamplerConfig(FastSamplingOptions):
-    """Settings of :class:`FlexMDMSampler` (spec §4.2-§4.6). Override with ``dataclasses.replace``.
+    """Settings of :class:`FlexMDMSampler` (docs/method.md §4.2-§4.6). Override with ``dataclasses.replace``.
 
     Attributes:
         steps: S, the number of tau-leaping steps (one forward pass each).
@@ -29,19 +30,19 @@ class FlexMDMSamplerConfig(FastSamplingOptions):
         temperature: token temperature; 0 = argmax.
         top_k: sample only among the k most likely tokens (None = off).
         top_p: nucleus sampling mass in (0, 1] (None = off).
-        sliding_window: restrict unmasking to the first w masks (spec §4.2 step 2.4).
+        sliding_window: restrict unmasking to the first w masks (docs/method.md §4.2 step 2.4).
         alpha_win: window factor, w = min(floor(alpha_win K), max_window, N).
         max_window: window cap.
         insertion_schedule: α spec for make_schedule; None = model.config.insertion_schedule.
         unmasking_schedule: β spec; None = model.config.unmasking_schedule.
-        final_insertion: insert the pending mass at t = 1 (spec §7.3.5).
+        final_insertion: insert the pending mass at t = 1 (docs/method.md §7.3.5).
         fill: how the final pass unmasks the remaining masks: "sample" (temperature / top-k /
             top-p as in the steps) or "argmax".
-        reference: research behaviour (spec §4.2): linear/linear hazards, the last step fills by
+        reference: research behaviour (docs/method.md §4.2): linear/linear hazards, the last step fills by
             argmax and inserts nothing, no final insertion. The top-K clamp and the vocab
             exclusion fixes stay on. The research code also wrote argmax tokens in every step:
             set temperature=0 for that.
-        ban_pad: never emit the pad id (the mask id is never emitted; spec §4.7.3).
+        ban_pad: never emit the pad id (the mask id is never emitted; docs/method.md §4.7.3).
         banned_token_ids: further ids never emitted.
         mask_id: mask token id; None = model.config.mask_token_id.
         pad_id: pad id; None = model.config.pad_token_id.

@@ -1,8 +1,8 @@
-"""LLaDA baseline sampler: fixed-length masked diffusion, semi-autoregressive blocks (spec §4.9).
+"""LLaDA baseline sampler: fixed-length masked diffusion, semi-autoregressive blocks (docs/method.md §4.9).
 
 The canvas is prompt ‖ M×G. G is split into G / block_length blocks filled left to right, each in
 steps / num_blocks steps. A block with m masks reveals floor(m/s) tokens per step and one more in
-its first (m mod s) steps (spec §7.5: m = 10, s = 4 -> [3, 3, 2, 2]). Each step: one forward pass
+its first (m mod s) steps (docs/method.md §7.5: m = 10, s = 4 -> [3, 3, 2, 2]). Each step: one forward pass
 (a conditional + unconditional pair with classifier-free guidance), a proposal x̂ = argmax of the
 logits plus temperature-scaled Gumbel noise in float64 (temperature 0 = argmax), a confidence
 (softmax probability of x̂, or uniform for ``random``), and the most confident masked positions of
@@ -19,7 +19,7 @@ pad a short row carries is the difference to the longest prompt: callers that ba
 (``TextGenerator``) sort them by length first to keep it small.
 
 Infilling: in the baseline's FIM format (instruction + ``<prefix>``…``</prefix><suffix>``…
-``</suffix>``, middle generated after it; spec §1.7, §6.2) or in place (a given number of masks
+``</suffix>``, middle generated after it; docs/method.md §1.7, §6.2) or in place (a given number of masks
 between prefix and suffix).
 
 Example::
@@ -54,7 +54,7 @@ def _gather_columns(logits: Tensor, cols: Tensor) -> Tensor:
 def reveal_schedule(num_masks: Tensor, steps: int) -> Tensor:
     """Tokens to reveal at each step of a block: floor(m/s), +1 in the first (m mod s) steps.
 
-    Spec §7.5: m = 10, s = 4 -> [3, 3, 2, 2].
+    docs/method.md §7.5: m = 10, s = 4 -> [3, 3, 2, 2].
 
     Args:
         num_masks: [B] int64 masks in the block. steps: s >= 1.
@@ -69,7 +69,7 @@ def reveal_schedule(num_masks: Tensor, steps: int) -> Tensor:
 
 @dataclass
 class MDMSampler:
-    """Masked-diffusion sampling and infilling with a LLaDA model (spec §4.9).
+    """Masked-diffusion sampling and infilling with a LLaDA model (docs/method.md §4.9).
 
     Args:
         model: ``model(input_ids [B, L], attention_mask [B, L]) -> .logits [B, L, V]``.
@@ -131,7 +131,7 @@ class MDMSampler:
         """Fill between prefix and suffix ids (generator, seed, example_ids, row_keys as in
         :meth:`sample`, one id per problem).
 
-        ``middle_length=None``: the baseline FIM format (spec §1.7, §6.2): prompt = instruction ‖
+        ``middle_length=None``: the baseline FIM format (docs/method.md §1.7, §6.2): prompt = instruction ‖
         ``<prefix>`` ‖ prefix ‖ ``</prefix>`` ‖ ``<suffix>`` ‖ suffix ‖ ``</suffix>`` (each
         delimiter tokenized alone), then ``gen_length`` tokens; ``sequences`` = prefix + middle.
         Otherwise in place: prefix ‖ M×middle_length ‖ suffix, one block of middle_length in
@@ -235,7 +235,7 @@ class MDMSampler:
     ) -> Tensor:
         """Float32 logits of each row's block columns ``cols`` [B, b] -> [B, b, V]; with CFG one
         batched pass over (x, x with the prompt masked), combined as l_u + (w + 1)(l_c - l_u)
-        (spec §4.9 step 1). ``cache`` runs the model (a cached call returns the live columns)."""
+        (docs/method.md §4.9 step 1). ``cache`` runs the model (a cached call returns the live columns)."""
         if cfg.cfg_scale > 0:
             unconditional = x.masked_fill(prompt_mask, self._mask_id(cfg))
             both = self._block_logits(
@@ -267,11 +267,13 @@ class MDMSampler:
         return banned
 
     def _propose(self, logits: Tensor, cfg: MDMSamplerConfig, rand: RowRandom) -> tuple[Tensor, Tensor]:
-        """x̂ = argmax(l + T·Gumbel) in float64 and its confidence, both [B, b] (spec §4.9 steps 2-3).
+        """x̂ = argmax(l + T·Gumbel) in float64 and its confidence, both [B, b]
+        (docs/method.md §4.9 steps 2-3).
 
         Row b's Gumbel noise of block slot i, token v is uniform column i·V + v of its stream."""
         logits = logits.clone()
-        logits[..., self._mask_id(cfg)] = float("-inf")  # never propose the mask itself (spec §4.7.3)
+        # never propose the mask itself (docs/method.md §4.7.3)
+        logits[..., self._mask_id(cfg)] = float("-inf")
         if cfg.logits_eos_inf:
             logits[..., self._eos_id(cfg)] = float("-inf")
         noisy = logits.to(torch.float64)

@@ -1,4 +1,4 @@
-"""`MDMSamplerConfig`: the settings of `retrofit.sampling.mdm.MDMSampler` (spec §4.9).
+"""`MDMSamplerConfig`: the settings of `retrofit.sampling.mdm.MDMSampler` (docs/method.md §4.9).
 
 Kept apart from the sampler (no torch import) so that `--help` can show the real defaults fast.
 """
@@ -16,7 +16,7 @@ _REMASKING = ("low_confidence", "random")
 
 @dataclass(frozen=True)
 class MDMSamplerConfig(FastSamplingOptions):
-    """Settings of :class:`MDMSampler` (spec §4.9). Override with ``dataclasses.replace``.
+    """Settings of :class:`MDMSampler` (docs/method.md §4.9). Override with ``dataclasses.replace``.
 
     Attributes:
         gen_length: G, generated tokens (a multiple of block_length).

@@ -1,6 +1,6 @@
-"""Step helpers of the FlexMDM sampler (spec §4.2-§4.4, §4.7), each a pure function testable alone.
+"""Step helpers of the FlexMDM sampler (docs/method.md §4.2-§4.4, §4.7), each a pure function testable alone.
 
-One sampler step at time t with step size dt is (spec §4.2 order):
+One sampler step at time t with step size dt is (docs/method.md §4.2 order):
 
 1. ``predict``: one forward pass on the columns in use -> token logits and expected gaps ĝ.
 2. Unmask on the pre-insertion canvas: ``unmask_count`` (K ~ Poisson(N h_β(t) dt), clamped),
@@ -8,7 +8,7 @@ One sampler step at time t with step size dt is (spec §4.2 order):
 3. Insert: ``insertion_counts`` (e_j ~ Poisson(ĝ_j h_α(t) dt) on ``allowed_gaps``),
    ``cap_insertions`` (max-length policy), ``insert_masks`` (rebuild the canvas).
 
-``editable_slots`` / ``allowed_gaps`` are the protection rules (spec §1.5, §4.4): the prompt (or
+``editable_slots`` / ``allowed_gaps`` are the protection rules (docs/method.md §1.5, §4.4): the prompt (or
 prefix and suffix) is never unmasked into and never receives insertions, so it stays bit-identical.
 
 All random numbers come from ``rand``: the sampler's per-row
@@ -57,7 +57,7 @@ class Prediction:
 
     Attributes:
         logits: [B, W, V] token logits in the model's dtype (cast to float32 where used).
-        expected_gaps: [B, W + 1] float32 ĝ >= 0 (gap j is read at position j; spec §2.2).
+        expected_gaps: [B, W + 1] float32 ĝ >= 0 (gap j is read at position j; docs/method.md §2.2).
     """
 
     logits: Tensor
@@ -73,14 +73,15 @@ def predict(
     logits_mask: Tensor | None = None,
     cache: PromptCache | None = None,
 ) -> Prediction:
-    """One forward pass on the first ``width`` columns (spec §4.1; the model appends the length slot).
+    """One forward pass on the first ``width`` columns (docs/method.md §4.1; the model appends the
+    length slot).
 
     Args:
         model: callable ``model(input_ids=[B, W] long, t=[B] float, attention_mask=[B, W] long)``
             returning an object with ``.logits`` [B, W, V] and ``.expected_gaps`` [B, W + 1].
         canvas: [B, L] int64 canvas, L >= width.
         lengths: [B] int64 number of real (left-aligned) slots n_b <= width.
-        t: FlexMDM time in [0, 1] (spec §1.1).
+        t: FlexMDM time in [0, 1] (docs/method.md §1.1).
         width: columns to run on (the longest row when trimming, else L).
         logits_mask: optional [B, width] bool, passed on as ``logits_mask=`` to a model that then
             returns logits [N, V] for those slots only (FlexMDMModel); they are scattered into a
@@ -122,7 +123,7 @@ def predict(
 
 
 def editable_slots(lengths: Tensor, pre_len: Tensor, suf_len: Tensor, width: int) -> Tensor:
-    """Slots the sampler may unmask: pre_len <= j < n - suf_len (spec §1.5, §4.4).
+    """Slots the sampler may unmask: pre_len <= j < n - suf_len (docs/method.md §1.5, §4.4).
 
     Args:
         lengths: [B] int64 n_b. pre_len: [B] prompt / prefix lengths. suf_len: [B] suffix lengths
@@ -137,7 +138,7 @@ def editable_slots(lengths: Tensor, pre_len: Tensor, suf_len: Tensor, width: int
 
 
 def allowed_gaps(lengths: Tensor, pre_len: Tensor, suf_len: Tensor, num_gaps: int) -> Tensor:
-    """Gaps that may receive insertions: pre_len <= j <= n - suf_len (spec §4.2 step 3.2, §4.4).
+    """Gaps that may receive insertions: pre_len <= j <= n - suf_len (docs/method.md §4.2 step 3.2, §4.4).
 
     Returns:
         [B, num_gaps] bool (num_gaps = width + 1).
@@ -147,7 +148,7 @@ def allowed_gaps(lengths: Tensor, pre_len: Tensor, suf_len: Tensor, num_gaps: in
 
 
 def unmask_count(num_masks: Tensor, hazard_dt: float, rand: RowRandom | RandomSource) -> Tensor:
-    """K ~ Poisson(N · h_β(t) · dt) per row (spec §4.2 step 2.2), not yet clamped.
+    """K ~ Poisson(N · h_β(t) · dt) per row (docs/method.md §4.2 step 2.2), not yet clamped.
 
     Args:
         num_masks: [B] int64 N, the eligible masks of each row.
@@ -161,7 +162,8 @@ def unmask_count(num_masks: Tensor, hazard_dt: float, rand: RowRandom | RandomSo
 
 
 def window_size(k: Tensor, alpha_win: float, max_window: int, num_masks: Tensor) -> Tensor:
-    """Sliding-window size w = min(floor(alpha_win · K), max_window, N) (spec §4.2 step 2.4, §7.3.8).
+    """Sliding-window size w = min(floor(alpha_win · K), max_window, N)
+    (docs/method.md §4.2 step 2.4, §7.3.8).
 
     Example: K = 3, alpha_win = 15, max_window = 32, N = 50 -> 32.
 
@@ -217,7 +219,7 @@ def confidence(
     rand: RowRandom | RandomSource,
     banned: Tensor | None = None,
 ) -> Tensor:
-    """Confidence c_j of each eligible slot (spec §4.3); -inf elsewhere.
+    """Confidence c_j of each eligible slot (docs/method.md §4.3); -inf elsewhere.
 
     With p = softmax(logits_j) over allowed tokens: ``top_prob`` max p; ``prob_diff`` p(1) - p(2);
     ``entropy`` Σ p ln(p + 1e-10); ``position`` 1 - j / max(n, 1); ``random`` U[0, 1) (the
@@ -262,7 +264,7 @@ def confidence(
 def select_top_k(conf: Tensor, eligible: Tensor, k: Tensor) -> Tensor:
     """The k[b] most confident eligible slots per row; ties go to the leftmost slot.
 
-    k is clamped to the number of eligible slots (spec §4.7.2 fix): ineligible slots are never
+    k is clamped to the number of eligible slots (docs/method.md §4.7.2 fix): ineligible slots are never
     chosen, and eligible slots with confidence -inf are still chosen before none.
 
     Args:
@@ -288,7 +290,7 @@ def draw_tokens(
     top_p: float | None = None,
     banned: Tensor | None = None,
 ) -> Tensor:
-    """Draw one token per row of ``logits`` by inverse CDF with the given uniforms (spec §4.7.3).
+    """Draw one token per row of ``logits`` by inverse CDF with the given uniforms (docs/method.md §4.7.3).
 
     Banned ids (mask, pad) get probability 0, so they are never emitted. ``temperature == 0`` is
     argmax. Otherwise tokens are sorted by probability, top-k / top-p (nucleus; the most likely
@@ -325,7 +327,7 @@ def draw_tokens(
 def insertion_counts(
     expected_gaps: Tensor, allowed: Tensor, hazard_dt: float | None, rand: RowRandom | RandomSource
 ) -> Tensor:
-    """e_j ~ Poisson(ĝ_j · h_α(t) · dt) on allowed gaps, 0 elsewhere (spec §4.2 step 3.1-3.2).
+    """e_j ~ Poisson(ĝ_j · h_α(t) · dt) on allowed gaps, 0 elsewhere (docs/method.md §4.2 step 3.1-3.2).
 
     Args:
         expected_gaps: [B, G] float ĝ >= 0 (G = width + 1).
@@ -344,7 +346,7 @@ def insertion_counts(
 def cap_insertions(e: Tensor, lengths: Tensor, cap: Tensor) -> tuple[Tensor, Tensor]:
     """Drop insertions that would make a row longer than its cap.
 
-    Policy (fixes spec §4.7.4, which dropped the whole step): insertions are kept in gap order,
+    Policy (fixes docs/method.md §4.7.4, which dropped the whole step): insertions are kept in gap order,
     left to right, while they fit; the overflowing ones (the rightmost) are dropped. So a row
     that would overflow ends exactly at its cap.
 
@@ -363,10 +365,10 @@ def cap_insertions(e: Tensor, lengths: Tensor, cap: Tensor) -> tuple[Tensor, Ten
 def insert_masks(
     canvas: Tensor, lengths: Tensor, e: Tensor, mask_id: int, pad_id: int, out_width: int | None = None
 ) -> tuple[Tensor, Tensor]:
-    """Insert e_j masks before slot j (j = n: at the tail) and shift slots (spec §4.2 step 3.4).
+    """Insert e_j masks before slot j (j = n: at the tail) and shift slots (docs/method.md §4.2 step 3.4).
 
     Old slot j moves to j + Σ_{k<=j} e_k; new slots are M; columns >= n' are pad.
-    Spec §7.3.7: [7, 8, M, 9, ∅…], e = [0, 0, 2, 0, 1] -> [7, 8, M, M, M, 9, M, ∅].
+    docs/method.md §7.3.7: [7, 8, M, 9, ∅…], e = [0, 0, 2, 0, 1] -> [7, 8, M, M, M, 9, M, ∅].
 
     Args:
         canvas: [B, W] int64. lengths: [B] int64 n_b <= W.

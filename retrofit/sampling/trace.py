@@ -1,5 +1,5 @@
 """What the samplers return: :class:`SampleOutput`, the optional step-by-step :class:`Trace`, and
-:func:`plot_trace`, a PNG of sequence length and clean-token count against the step (spec §4.5
+:func:`plot_trace`, a PNG of sequence length and clean-token count against the step (docs/method.md §4.5
 recommends logging the length trajectory). matplotlib is imported only when plotting.
 
 Example::

@@ -1,4 +1,4 @@
-"""Training arguments and recipe dataclasses of `retrofit train` (spec §2.8-2.9, §3.3, §5).
+"""Training arguments and recipe dataclasses of `retrofit train` (docs/method.md §2.8-2.9, §3.3, §5).
 
 A recipe YAML (see `recipes/`) maps one-to-one onto :class:`Recipe`::
 
@@ -63,7 +63,7 @@ def _configure_cpu_backend(args: TrainingArguments) -> None:
 class RetrofitTrainingArguments(TrainingArguments):
     """`transformers.TrainingArguments` plus the retrofit's optimiser / loss fields (recipe `training:`).
 
-    Param groups (spec §2.9): "lora" (LoRA A/B), "token_head" (the LM head `transformer.ff_out` when
+    Param groups (docs/method.md §2.9): "lora" (LoRA A/B), "token_head" (the LM head `transformer.ff_out` when
     trained fully) and "new_modules" (graft modules: time MLP, AdaLN, length head; in
     `mode: pretrain` every non-head weight). `learning_rate` / `weight_decay` are the new-module
     values. The LR schedule multiplies every group's own lr.
@@ -79,7 +79,7 @@ class RetrofitTrainingArguments(TrainingArguments):
     head_learning_rate: float | None = _field("head_learning_rate")
     head_weight_decay: float | None = _field("head_weight_decay")
     save_on_interrupt: bool = _field("save_on_interrupt")
-    # defaults that differ from transformers' (spec §5.1)
+    # defaults that differ from transformers' (docs/method.md §5.1)
     lr_scheduler_type: str = _field("lr_scheduler_type")
     remove_unused_columns: bool = _field("remove_unused_columns")
     max_grad_norm: float = _field("max_grad_norm")
@@ -124,7 +124,7 @@ class RetrofitTrainingArguments(TrainingArguments):
 
     @property
     def head_lr(self) -> float:
-        """Effective token-head learning rate (spec §2.9: lora_lr / 4 unless set)."""
+        """Effective token-head learning rate (docs/method.md §2.9: lora_lr / 4 unless set)."""
         return self.lora_lr / 4 if self.head_learning_rate is None else self.head_learning_rate
 
     @property

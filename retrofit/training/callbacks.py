@@ -42,7 +42,7 @@ class StepStats:
         """Record one micro-step.
 
         Args:
-            terms: scalar loss terms of the micro-batch (already normalised per spec §3.3).
+            terms: scalar loss terms of the micro-batch (already normalised per docs/method.md §3.3).
             x1_tokens: clean tokens in the micro-batch (x1 lengths summed).
             computed: tokens the trunk processed after trimming (B x trimmed width incl. length slot).
             full: tokens at full canvas width (B x (canvas + 1)).

@@ -1,6 +1,6 @@
 """Collators: built samples -> noisy training batches (FlexMDM interpolant or LLaDA baseline mask).
 
-`FlexMDMCollator` (spec §1.3-1.7, §3.5):
+`FlexMDMCollator` (docs/method.md §1.3-1.7, §3.5):
   1. right-pad x1 to ``canvas_width`` with an explicit ``x1_mask`` (lengths never come from
      counting pad ids); infilling rows (``infill_cutoff >= 0``) get a freshly drawn
      prefix / middle / suffix split in the boundary format first;
@@ -13,7 +13,7 @@
      target or a gap is never dropped, and with a model whose outputs at slots 0..n_b do not depend
      on columns beyond n_b (FlexMDMModel's default attention) the loss is unchanged.
 
-`MDMCollator` (spec §3.6): the LLaDA baseline on a fixed canvas filled with pad/EOS; the pad tail
+`MDMCollator` (docs/method.md §3.6): the LLaDA baseline on a fixed canvas filled with pad/EOS; the pad tail
 is part of the response (LLaDA SFT convention). It is never trimmed: the pads are real, attended
 tokens and targets of a fixed-length model, so cutting them would change the loss.
 
@@ -57,7 +57,7 @@ def _generator(*parts: Any) -> torch.Generator:
 
 @dataclass
 class TimeSampler:
-    """Training times of one micro-batch from the call counter (spec §3.5).
+    """Training times of one micro-batch from the call counter (docs/method.md §3.5).
 
     Attributes:
         mode: "stratified" | "banded" | "uniform" (see the module docstring).
@@ -217,7 +217,8 @@ class _CollatorBase:
 
 @dataclass
 class FlexMDMCollator(_CollatorBase):
-    """FlexMDM batches: x_t, targets, gaps, weights; trimmed to the longest x_t (spec §1.3-1.5, §3.5).
+    """FlexMDM batches: x_t, targets, gaps, weights; trimmed to the longest x_t
+    (docs/method.md §1.3-1.5, §3.5).
 
     Args (fields):
         tokenizer: optional; gives pad_id (if omitted) and the boundary ids of infilling rows.
@@ -285,7 +286,8 @@ class FlexMDMCollator(_CollatorBase):
 
 @dataclass
 class MDMCollator(_CollatorBase):
-    """LLaDA baseline batches on a fixed canvas (spec §3.6); infilling rows in the FIM format (spec §1.7).
+    """LLaDA baseline batches on a fixed canvas (docs/method.md §3.6); infilling rows in the FIM format
+    (§1.7).
 
     Args (fields): tokenizer, mask_id, pad_id, canvas_width, time_mode, world_size, rank,
         grad_accum, seed as in `FlexMDMCollator` (time_mode default "uniform": t ~ U(0, 1) as in

@@ -1,6 +1,6 @@
 """LoRA wrapping (peft), the three AdamW parameter groups and the trainable-parameter report.
 
-Spec §2.8 (LoRA r = alpha = 128, dropout 0.1 on q/k/v and the LM head `transformer.ff_out`) and
+docs/method.md §2.8 (LoRA r = alpha = 128, dropout 0.1 on q/k/v and the LM head `transformer.ff_out`) and
 §2.9 (parameter groups). The graft modules (time MLP, AdaLN groups, length head) go into peft's
 `modules_to_save`, so they train fully and are saved with the adapter; with
 `train_token_head: true` the LM head is trained fully the same way instead of through LoRA.
@@ -47,7 +47,7 @@ HEAD_SUFFIX = "transformer.ff_out"
 
 
 def param_group_of(name: str) -> str:
-    """Parameter group of a trainable parameter name (spec §2.9 selection rule).
+    """Parameter group of a trainable parameter name (docs/method.md §2.9 selection rule).
 
     "lora" if the name holds a LoRA tensor; "token_head" if it belongs to the LM head
     `transformer.ff_out`; "new_modules" otherwise (graft modules, or every other weight in
@@ -112,7 +112,7 @@ def wrap_with_lora(model: nn.Module, recipe: LoraRecipe, modules_to_save: list[s
 
     Args:
         model: FlexMDMModel (graft) or LLaDAModelLM (MDM baseline).
-        recipe: LoRA settings (spec §2.8).
+        recipe: LoRA settings (docs/method.md §2.8).
         modules_to_save: names of modules trained fully (e.g. `FlexMDMModel.new_module_names()`).
 
     Returns:
@@ -156,14 +156,14 @@ def _check_trainable(model: nn.Module, modules_to_save: list[str]) -> None:
 
 
 def cast_trainable(model: nn.Module, dtype: torch.dtype) -> None:
-    """Cast trainable parameters in place (spec §2.9: keep LoRA / new modules in fp32)."""
+    """Cast trainable parameters in place (docs/method.md §2.9: keep LoRA / new modules in fp32)."""
     for param in model.parameters():
         if param.requires_grad and param.dtype != dtype:
             param.data = param.data.to(dtype)
 
 
 def build_param_groups(model: nn.Module, args: RetrofitTrainingArguments) -> list[dict[str, Any]]:
-    """AdamW parameter groups (spec §2.9) with a `name` key each; empty groups are left out.
+    """AdamW parameter groups (docs/method.md §2.9) with a `name` key each; empty groups are left out.
 
     | group       | lr                         | weight decay             |
     | lora        | args.lora_lr               | args.lora_weight_decay   |
@@ -216,7 +216,7 @@ class TrainableReport:
 
 
 def trainable_report(model: nn.Module) -> TrainableReport:
-    """Count trainable parameters per group (spec §2.9 table) and frozen parameters.
+    """Count trainable parameters per group (docs/method.md §2.9 table) and frozen parameters.
 
     Works on the meta device (counts come from shapes). Shared tensors count once.
     """

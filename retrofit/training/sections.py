@@ -23,27 +23,30 @@ __all__ = [
 ]
 
 DEFAULT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "transformer.ff_out")
-"""LoRA target suffixes of the retrofit (spec §2.8): 96 attention projections + the LM head."""
+"""LoRA target suffixes of the retrofit (docs/method.md §2.8): 96 attention projections + the LM head."""
 
 TIME_SAMPLING = ("banded", "stratified", "uniform")
 INIT_LORA = ("continue", "merge")
 DTYPES = ("float32", "bfloat16", "float16")
 
 TRAINING_FIELDS: dict[str, tuple[Any, str]] = {
-    "loss": ("flexmdm", "flexmdm (spec §3.2) | mdm (LLaDA baseline, spec §3.6)"),
+    "loss": ("flexmdm", "flexmdm (docs/method.md §3.2) | mdm (LLaDA baseline, §3.6)"),
     "loss_normalizer": (
         1024.0,
-        "loss = sum / (B_micro * loss_normalizer) (spec §3.3: 1024; LLaDA baseline 4096)",
+        "loss = sum / (B_micro * loss_normalizer) (docs/method.md §3.3: 1024; LLaDA baseline 4096)",
     ),
-    "lora_learning_rate": (None, "lr of the LoRA group (spec §2.9 lora_lr); None = learning_rate"),
+    "lora_learning_rate": (None, "lr of the LoRA group (docs/method.md §2.9 lora_lr); None = learning_rate"),
     "lora_weight_decay": (0.0, "weight decay of the LoRA group"),
-    "head_learning_rate": (None, "lr of a fully trained token head; None = lora lr / 4 (spec §2.9)"),
+    "head_learning_rate": (
+        None,
+        "lr of a fully trained token head; None = lora lr / 4 (docs/method.md §2.9)",
+    ),
     "head_weight_decay": (None, "weight decay of the token head group; None = weight_decay"),
     "save_on_interrupt": (True, "save a checkpoint and stop cleanly on SIGTERM / Ctrl-C"),
-    # defaults that differ from transformers' (spec §5.1)
-    "lr_scheduler_type": ("cosine", "HF scheduler name (spec §5.1: cosine)"),
+    # defaults that differ from transformers' (docs/method.md §5.1)
+    "lr_scheduler_type": ("cosine", "HF scheduler name (docs/method.md §5.1: cosine)"),
     "remove_unused_columns": (False, "must stay False (the collator reads the raw columns)"),
-    "max_grad_norm": (1.0, "gradient clipping norm (spec §3.3)"),
+    "max_grad_norm": (1.0, "gradient clipping norm (docs/method.md §3.3)"),
     "dataloader_drop_last": (True, "full micro-batches only (banded time strata assume B rows)"),
 }
 """{field: (default, help)} of the `training:` fields the retrofit adds or whose default it changes."""
@@ -67,7 +70,8 @@ class ModelRecipe:
             the base weights and adds a fresh LoRA (B = 0).
         graft: keyword arguments of `FlexMDMModel.from_llada` (canvas width, schedules, ...).
         dtype: dtype of the frozen base weights (float32 on CPU, bfloat16 on GPUs).
-        trainable_dtype: dtype of trainable tensors (LoRA, graft modules); spec §2.9 recommends fp32.
+        trainable_dtype: dtype of trainable tensors (LoRA, graft modules); docs/method.md §2.9
+            recommends fp32.
     """
 
     base: str = ""
@@ -87,13 +91,13 @@ class ModelRecipe:
 
 @dataclass
 class LoraRecipe:
-    """Recipe `lora:` section (spec §2.8 defaults).
+    """Recipe `lora:` section (docs/method.md §2.8 defaults).
 
     Attributes:
         r, alpha, dropout: LoRA rank, alpha (scaling alpha / r) and input dropout.
         target_modules: module-name suffixes that get LoRA.
         train_token_head: train the LM head `transformer.ff_out` fully (peft modules_to_save)
-            instead of adapting it with LoRA (spec §9.2).
+            instead of adapting it with LoRA (docs/method.md §9.2).
     """
 
     r: int = 128
@@ -120,7 +124,7 @@ class DataRecipe:
     Attributes:
         train: dataset specs for `retrofit.data.build_dataset` (several = a mixture).
         eval: optional eval specs (loss monitoring).
-        max_length: x1 length limit in tokens (the canvas width; spec §1.1 L_max).
+        max_length: x1 length limit in tokens (the canvas width; docs/method.md §1.1 L_max).
         mixture: "concatenate" or "interleave" (weights from each spec's `weight`).
     """
 
@@ -139,13 +143,13 @@ class DataRecipe:
 
 @dataclass
 class ObjectiveRecipe:
-    """Recipe `objective:` section: the interpolant the collator samples (spec §1.2-1.5, §3.5).
+    """Recipe `objective:` section: the interpolant the collator samples (docs/method.md §1.2-1.5, §3.5).
 
     Attributes:
         insertion_schedule: `make_schedule` spec of alpha (retrofit: geometric(10, 0.01)).
         unmasking_schedule: `make_schedule` spec of beta (retrofit: linear).
         time_sampling: "banded" (stratified over the global batch, one band per micro-step),
-            "stratified" (per micro-batch, spec §3.5) or "uniform".
+            "stratified" (per micro-batch, docs/method.md §3.5) or "uniform".
         trim: trim each micro-batch to its longest x_t (exact; saves compute).
     """
 

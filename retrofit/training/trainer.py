@@ -4,12 +4,12 @@ What it changes (everything else -- DDP / DeepSpeed, gradient accumulation, clip
 schedule, tqdm progress with ETA, resume of optimizer / scheduler / RNG / data position -- is the
 Trainer's own):
 
-- `compute_loss`: the FlexMDM objective (spec §3.2-3.3) with token logits only at mask slots,
-  or the LLaDA baseline loss (spec §3.6). It returns the per-micro-batch loss
+- `compute_loss`: the FlexMDM objective (docs/method.md §3.2-3.3) with token logits only at mask slots,
+  or the LLaDA baseline loss (docs/method.md §3.6). It returns the per-micro-batch loss
   sum / (B_micro * loss_normalizer); the Trainer divides by the accumulation steps
   (`model_accepts_loss_kwargs = False`), so one optimizer step minimises the global-batch
   sum / (global batch * loss_normalizer) whatever the split into micro-batches.
-- `create_optimizer`: AdamW (or `args.optim`) over the param groups of spec §2.9.
+- `create_optimizer`: AdamW (or `args.optim`) over the param groups of docs/method.md §2.9.
 - logging: `unmask_loss`, `length_loss` (averaged across ranks), `lr/<group>`, `tokens_per_s`,
   `computed_frac` and `slowest_rank_share` (see `retrofit.training.callbacks.StepStats`).
 - checkpoints: written into `<output_dir>/.tmp-staging/checkpoint-N`, completed with the
@@ -79,7 +79,7 @@ class FlexMDMTrainer(Trainer):
     # ------------------------------------------------------------------ loss
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        """Loss of one micro-batch (spec §3.3); see the module docstring for the scaling contract.
+        """Loss of one micro-batch (docs/method.md §3.3); see the module docstring for the scaling contract.
 
         Args:
             model: the (wrapped) FlexMDMModel or LLaDAModelLM.
@@ -110,7 +110,7 @@ class FlexMDMTrainer(Trainer):
             logits_mask=mask_slots,
         )
         # 3-5. ELBO weights (from the collator), unmask CE + Poisson-Bregman length terms,
-        #      each summed over the batch and divided by B * loss_normalizer (spec §3.2-3.3).
+        #      each summed over the batch and divided by B * loss_normalizer (docs/method.md §3.2-3.3).
         loss = flexmdm_loss(
             outputs.logits,
             inputs["targets"],
@@ -131,7 +131,7 @@ class FlexMDMTrainer(Trainer):
         #    -> [N, V] (the loss is zero elsewhere, so this is exact and skips most of the LM head).
         mask_slots = inputs["mask_slots"].bool()  # [B, L]
         outputs = model(**{k: inputs[k] for k in _MODEL_KEYS if k in inputs}, logits_mask=mask_slots)
-        # 3. sum_{masked} CE / p, divided by B * loss_normalizer (spec §3.6).
+        # 3. sum_{masked} CE / p, divided by B * loss_normalizer (docs/method.md §3.6).
         loss = mdm_loss(
             outputs.logits,
             inputs["targets"],
@@ -173,7 +173,7 @@ class FlexMDMTrainer(Trainer):
     # ------------------------------------------------------------------ optimizer and logging
 
     def create_optimizer(self, model=None):
-        """Optimizer (`args.optim`, AdamW by default) over the named groups of spec §2.9."""
+        """Optimizer (`args.optim`, AdamW by default) over the named groups of docs/method.md §2.9."""
         if self.optimizer is None:
             opt_model = self.model if model is None else model
             groups = build_param_groups(opt_model, self.args)

@@ -5,7 +5,7 @@ longest x_t; in data parallel every micro-step waits for its slowest rank, so a 
 ranks costs W * B * (max over all its W * B rows of n, + 1). Without trimming it costs
 W * B * (L + 1). This module computes the expected ratio exactly up to quadrature error.
 
-Formula (prompt-free x1, i.e. the transfer stage; spec §1.3, §3.5, §7.1 item 6). A row with clean
+Formula (prompt-free x1, i.e. the transfer stage; docs/method.md §1.3, §3.5, §7.1 item 6). A row with clean
 length l at training time t holds n ~ Binomial(l, p(t)) slots, p(t) = alpha((t - eps) / (1 - eps))
 (eps = 1e-6 hitting-time clamp), t = (1 - t_min) tau + t_min. Row i of a micro-step draws tau
 uniformly in its stratum I_i (mode "stratified": the research code, rank r covers

@@ -49,4 +49,6 @@ def test_train_help_lists_whole_field_docs_with_defaults(capsys):
     ) in text
     assert "objective.time_sampling (default 'banded'):" in text and '"stratified" (per micro-batch' in text
     assert "data.max_length (default 1024):" in text and "training.loss (default 'flexmdm'):" in text
-    assert "lora.train_token_head (default False): train the LM head" in text and "(spec §9.2)" in text
+    assert (
+        "lora.train_token_head (default False): train the LM head" in text and "(docs/method.md §9.2)" in text
+    )
