@@ -29,7 +29,7 @@ export drops `auto_map` and the model card says to load it with `import retrofit
 Temp folders of earlier killed exports to the same destination are removed before writing
 (`retrofit.export_files.remove_stale_temp_folders`; a running export's folder is kept).
 
-Memory (streaming; measured by tests/test_export.py::test_streaming_merge_peak_memory): base
+Memory (streaming; measured by tests/export/test_export.py::test_streaming_merge_peak_memory): base
 tensors are memory-mapped and each output tensor is written to its shard as soon as it exists
 (`retrofit.export_shards`), so the anonymous (non-file-backed) peak is one merge:
     anon peak ~ R0 + 8 N_max

@@ -10,7 +10,7 @@ Two levels (both report the error as max|got - ref| / max(1, max|ref|), "relativ
   gaps. Used when memory allows holding one fp32 copy of the model (see `retrofit.export`).
 
 Tolerances (`TOLERANCE`): fp32 1e-4 (pure rounding of the merge), bf16 3e-2 and fp16 1e-2 for
-weights rounded to 8 / 11 mantissa bits (measured errors on tiny models: see tests/test_export.py).
+weights rounded to 8 / 11 mantissa bits (measured errors on tiny models: see tests/export/test_export.py).
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ exactly (binomial CDFs). This is averaged over ``draws`` micro-batch draws of th
 time sampler (`retrofit.training.collator.TimeSampler`: stratified, banded or uniform; banded
 draws cycle through all G bands) and of the x1 lengths.
 
-    >>> expected_computed_fraction(batch=4, canvas=512, time_mode="banded", grad_accum=8, table=table)
+    >>> monte_carlo_computed_fraction(batch=4, canvas=512, time_mode="banded", grad_accum=8, table=table)
 
 `retrofit.training.trim_cost` computes the prompt-free case by quadrature (exact, faster); this
 module exists for x1 with a protected prompt (GSM8K-shaped lengths), which it does not cover.
@@ -27,7 +27,7 @@ import torch
 from retrofit.bench.lengths import LengthTable
 from retrofit.schedules import HITTING_TIME_EPS, make_schedule
 
-__all__ = ["expected_computed_fraction", "expected_max_slots"]
+__all__ = ["monte_carlo_computed_fraction", "expected_max_slots"]
 
 
 def expected_max_slots(q: torch.Tensor, lengths: torch.Tensor, prompts: torch.Tensor) -> torch.Tensor:
@@ -57,7 +57,7 @@ def expected_max_slots(q: torch.Tensor, lengths: torch.Tensor, prompts: torch.Te
     return (1.0 - all_below[:, :top]).sum(-1) + all_below[:, 0]
 
 
-def expected_computed_fraction(
+def monte_carlo_computed_fraction(
     *,
     batch: int,
     canvas: int,

@@ -36,7 +36,7 @@ from typing import Any
 import torch
 
 from retrofit.bench import TRAIN_STEP_VARIANTS
-from retrofit.bench.closed_form import expected_computed_fraction
+from retrofit.bench.closed_form import monte_carlo_computed_fraction
 from retrofit.bench.common import (
     autocast,
     machine_info,
@@ -217,7 +217,7 @@ def _closed_form(variant: str, opts: TrainStepOptions, table: LengthTable | None
         from retrofit.training.trim_cost import expected_computed_fraction as exact
 
         return exact(opts.insertion_schedule, [opts.canvas], opts.canvas, mode, opts.batch, 1, opts.accum)
-    return expected_computed_fraction(
+    return monte_carlo_computed_fraction(
         batch=opts.batch,
         canvas=opts.canvas,
         time_mode=mode,

@@ -26,7 +26,7 @@ from retrofit.export_shards import ShardWriter
 from retrofit.io_utils import sha256_file
 from retrofit.training.checkpoint import MANIFEST_NAME, CheckpointError, read_manifest, write_manifest
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 ADAPTER = "adapter_model.safetensors"
 Q0 = "backbone.model.transformer.blocks.0.q_proj"
 

@@ -29,14 +29,14 @@ from safetensors.torch import load_file
 
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 ACCELERATE = str(Path(sys.executable).parent / "accelerate")
 T_MIN = 1e-3
 
 RECORDER = textwrap.dedent(
     """
     # Runs retrofit.train on this rank, recording the times t of every micro-batch and, at the end,
-    # this rank's trainable tensors (test helper of tests/test_train_distributed.py).
+    # this rank's trainable tensors (test helper of tests/training/test_train_distributed.py).
     import json, os, sys
     from safetensors.torch import save_file
     from retrofit.training.trainer import FlexMDMTrainer

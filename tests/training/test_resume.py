@@ -30,7 +30,7 @@ from retrofit.training.checkpoint import CheckpointError, verify_checkpoint
 from retrofit.training.recipe import load_recipe
 from retrofit.training.trainer import STAGING_DIR, FlexMDMTrainer
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 ADAPTER = "adapter_model.safetensors"
 
 

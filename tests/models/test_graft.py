@@ -17,7 +17,7 @@ from transformers import AutoModel, AutoTokenizer, PreTrainedTokenizerFast
 from retrofit.graft import graft_checkpoint
 from retrofit.models import FlexMDMModel, LLaDAConfig, LLaDAModelLM
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SPECIALS = ["<|startoftext|>", "<|endoftext|>", "<|mdm_mask|>"]
 
 

@@ -16,7 +16,7 @@ import pytest
 
 from retrofit.training.checkpoint import verify_checkpoint
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

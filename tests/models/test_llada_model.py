@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from retrofit.models.llada import LLaDAConfig, LLaDAModelLM, apply_rope, rope_cos_sin
 
-FIXTURES = Path(__file__).parent / "fixtures"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 LLADA_8B_PARAMETERS = 8_015_581_184
 
 

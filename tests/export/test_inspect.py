@@ -16,7 +16,7 @@ from retrofit.commands import inspect as inspect_command
 from retrofit.inspect_checkpoint import inspect_folder
 from retrofit.training.checkpoint import MANIFEST_NAME, read_manifest, write_manifest
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def numel_by_prefix(folder: Path) -> dict[str, int]:

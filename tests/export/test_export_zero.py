@@ -7,7 +7,7 @@ DeepSpeed's own consolidation (`get_fp32_state_dict_from_zero_checkpoint`, merge
 `merge_and_unload`) bit for bit in fp32, and the unsharded model's outputs within 1e-5.
 
 Worker usage (what the test runs):
-    torchrun --standalone --nproc_per_node 2 tests/test_export_zero.py BASE CKPT REFS
+    torchrun --standalone --nproc_per_node 2 tests/export/test_export_zero.py BASE CKPT REFS
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 GRAFT = {"canvas_width": 64, "adaln_group_size": 1}
 
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from retrofit.bench import all_suite
-from retrofit.bench.closed_form import expected_computed_fraction, expected_max_slots
+from retrofit.bench.closed_form import expected_max_slots, monte_carlo_computed_fraction
 from retrofit.bench.configs import build_llada, parameter_counts
 from retrofit.bench.interpolant_bench import InterpolantOptions
 from retrofit.bench.lengths import gsm8k_length_table, make_features
@@ -67,15 +67,15 @@ def test_closed_form_matches_the_collator():
     computed = [int(collate(make_features("full", B, L, vocab_limit=500, generator=gen))["num_computed_tokens"])
                 for _ in range(n)]  # fmt: skip
     measured = sum(computed) / (n * B * (L + 1))
-    closed = expected_computed_fraction(batch=B, canvas=L, time_mode="banded", grad_accum=G)
+    closed = monte_carlo_computed_fraction(batch=B, canvas=L, time_mode="banded", grad_accum=G)
     assert closed == pytest.approx(measured, abs=0.05)
     # the training module's quadrature (prompt-free only) agrees within this module's Monte Carlo error
     from retrofit.training.trim_cost import expected_computed_fraction as quadrature
 
     assert closed == pytest.approx(quadrature("geometric", [L], L, "banded", B, 1, G), abs=0.005)
-    assert expected_computed_fraction(batch=B, canvas=L, trim=False) == 1.0
+    assert monte_carlo_computed_fraction(batch=B, canvas=L, trim=False) == 1.0
     # banding narrows each micro-batch's t range, so it computes fewer positions than stratified
-    stratified = expected_computed_fraction(batch=B, canvas=L, time_mode="stratified", grad_accum=G)
+    stratified = monte_carlo_computed_fraction(batch=B, canvas=L, time_mode="stratified", grad_accum=G)
     assert closed < stratified < 1.0
 
 

@@ -24,7 +24,7 @@ import yaml
 from retrofit.training.memory import estimate_memory
 from retrofit.training.recipe import RecipeError, apply_overrides, format_recipe, load_recipe
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 RECIPES = [p for d in ("llada8b", "tiny", "repro") for p in sorted((REPO / "recipes" / d).glob("*.yaml"))]
 ACCEL = sorted((REPO / "recipes" / "accelerate").glob("*.yaml"))
 DS_JSON = sorted((REPO / "recipes" / "deepspeed").glob("*.json"))

@@ -17,7 +17,7 @@ from retrofit.evaluation.humaneval_data import read_problems
 from retrofit.evaluation.humaneval_infill import cost_estimate, run_humaneval_infill
 from retrofit.models.tokenizer import build_tokenizer
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def oracle(tokenizer, problems: dict, wrong_after: int | None = None):

@@ -4,7 +4,7 @@ Data law (document of the choice). Length l ~ p(l) on 1..24 (a fixed bimodal pmf
 c ~ pi = (0.6, 0.4), then l tokens i.i.d. from q_c over 4 content ids (0..3; mask = 4, pad = 5):
 q_0 = (.55, .25, .15, .05), q_1 = (.05, .15, .25, .55). The token law is exchangeable: it does not
 depend on the position, so the posterior stays closed form; a token written into the wrong slot is
-therefore not detectable here (the slot arithmetic is pinned exactly by tests/test_sampling_steps.py
+therefore not detectable here (the slot arithmetic is pinned exactly by tests/sampling/test_sampling_steps.py
 and the protection tests). What the mixture does detect is the joint structure: tokens of one
 sequence are correlated through c.
 
@@ -55,7 +55,7 @@ Q = np.array([[0.55, 0.25, 0.15, 0.05], [0.05, 0.15, 0.25, 0.55]])
 CAP = 32  # max generated length: P(overflow) is tiny and, when it happens, part of the chain
 
 
-def expected_deleted(n: torch.Tensor, alpha: float, p: np.ndarray = P_LEN) -> torch.Tensor:
+def expected_deleted(n: torch.Tensor, alpha: float, p: np.ndarray) -> torch.Tensor:
     """E[l - n | n, t] with P(l | n, t) ∝ p(l) C(l, n) (1 - α)^(l - n); 0 where no l >= n exists."""
     ell = torch.arange(len(p), dtype=torch.float64)[None, :]
     n = n.to(torch.float64)[:, None]
@@ -77,8 +77,9 @@ class MixtureOracle:
         insertion_schedule: α used by the posterior (and stored in config for the sampler).
     """
 
-    def __init__(self, pre=0, suf=0, insertion_schedule=GEOMETRIC, unmasking_schedule="linear"):
+    def __init__(self, pre=0, suf=0, insertion_schedule=GEOMETRIC, unmasking_schedule="linear", law=None):
         self.pre, self.suf = torch.as_tensor(pre), torch.as_tensor(suf)
+        self.law = P_LEN if law is None else law  # read at call time, never bound at import
         self.alpha = make_schedule(insertion_schedule)
         self.log_q = torch.log(torch.tensor(Q))
         self.config = SimpleNamespace(
@@ -95,7 +96,9 @@ class MixtureOracle:
         n = attention_mask.sum(-1)
         pre, suf = self.pre.expand(B), self.suf.expand(B)
         n_mid = n - pre - suf
-        table = expected_deleted(torch.arange(int(n_mid.max()) + 1), float(self.alpha.alpha(float(t[0]))))
+        table = expected_deleted(
+            torch.arange(int(n_mid.max()) + 1), float(self.alpha.alpha(float(t[0]))), self.law
+        )
         per_gap = table[n_mid] / (n_mid + 1)  # [B]
         j = torch.arange(W + 1)[None, :]
         allowed = (j >= pre[:, None]) & (j <= (n - suf)[:, None])
@@ -122,18 +125,20 @@ def _kernel(lam: np.ndarray, cap: int) -> np.ndarray:
     return T
 
 
-def propagated_length_law(steps, hazard=GEOMETRIC, final_insertion=True, regular=None, cap=CAP):
-    """Exact pmf over n = 0..cap of the sampler's length after the run (ĝ from the geometric α)."""
+def propagated_length_law(steps, hazard=GEOMETRIC, final_insertion=True, regular=None, cap=CAP, law=None):
+    """Exact pmf over n = 0..cap of the sampler's length after the run (ĝ from the geometric α and
+    the length law ``law``, default P_LEN)."""
+    law = P_LEN if law is None else law
     alpha, h = make_schedule(GEOMETRIC), make_schedule(hazard)
     ns = torch.arange(cap + 1)
     pmf = np.zeros(cap + 1)
     pmf[0] = 1.0
     for i in range(steps if regular is None else regular):
         t = i / steps
-        lam = expected_deleted(ns, float(alpha.alpha(t))).numpy() * float(h.rate(t)) / steps
+        lam = expected_deleted(ns, float(alpha.alpha(t)), law).numpy() * float(h.rate(t)) / steps
         pmf = pmf @ _kernel(lam, cap)
     if final_insertion:
-        pmf = pmf @ _kernel(expected_deleted(ns, float(alpha.alpha(1.0))).numpy(), cap)
+        pmf = pmf @ _kernel(expected_deleted(ns, float(alpha.alpha(1.0)), law).numpy(), cap)
     return pmf
 
 
@@ -283,3 +288,19 @@ def test_infill_middle_length_law_and_protection():
         assert seq[: len(p)] == p and seq[len(seq) - len(s) :] == s
     middle = np.array([len(g) for g in out.generated])
     assert pooled_chisquare(middle, propagated_length_law(50)) > 1e-3
+
+
+def test_the_length_law_is_a_parameter_not_an_import_time_default():
+    """Swapping the law changes the oracle's gaps and the propagated chain (it used to be bound as
+    a default argument at import, so a swap silently kept the old law)."""
+    short = np.zeros(25)
+    short[2] = 1.0  # every sequence has 2 tokens
+    n, alpha = torch.tensor([0, 1]), 0.5
+    assert torch.allclose(expected_deleted(n, alpha, short), torch.tensor([2.0, 1.0], dtype=torch.float64))
+    assert not torch.allclose(expected_deleted(n, alpha, P_LEN), expected_deleted(n, alpha, short))
+    assert (
+        propagated_length_law(50, law=short)[2] > 0.9 > propagated_length_law(50)[2]
+    )  # S = 50: some rows stop short
+    oracle = MixtureOracle(law=short)
+    out = oracle(torch.full((1, 1), MASK), torch.tensor([0.5]), torch.ones(1, 1, dtype=torch.long))
+    assert float(out.expected_gaps[0, :2].sum()) == pytest.approx(1.0)  # one more token in 2 gaps
