@@ -149,6 +149,9 @@ def run_workload(
         row["wall_time_ratio"] = ref_row["seconds_per_sample"] / row["seconds_per_sample"]
         row["token_agreement"] = token_agreement(ref_out, out.generated)
         rows.append(row)
+        if row["mean_generated"] == 0:
+            log(f"  workload {name}: warning: the model generated nothing on these prompts; token agreement "
+                "compares empty outputs and says nothing (a model that writes text is needed)")  # fmt: skip
         log(f"  workload {name}: {seconds:.1f} s, x{row['flops_reduction']:.1f} fewer trunk FLOPs, "
             f"agreement {row['token_agreement']:.3f}")  # fmt: skip
     return {
