@@ -63,6 +63,7 @@ from typing import Any
 
 import torch
 
+from retrofit.dtypes import canonical_dtype, torch_dtype
 from retrofit.export_files import (
     OWNER_FILE,
     copy_modeling_code,
@@ -89,7 +90,6 @@ from retrofit.model_card import render_model_card, training_metrics
 from retrofit.training.checkpoint import MANIFEST_NAME, CheckpointError, check_base, read_manifest
 
 __all__ = [
-    "DTYPES",
     "EXPORT_MANIFEST",
     "ExportError",
     "ExportReport",
@@ -100,7 +100,6 @@ __all__ = [
 
 EXPORT_MANIFEST = "retrofit_manifest.json"
 EXPORT_FORMAT = "retrofit-export"
-DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32, "fp16": torch.float16}
 IGNORED_BASE_TENSORS = (r"rotary_emb\.inv_freq",)
 BYTES_PER_PARAM_FULL = 6  # fp32 model (4) + peft copies / activations / allocator slack
 
@@ -238,8 +237,7 @@ def export_checkpoint(
         ExportError: the merged model disagrees with the trained one beyond tolerance.
         ValueError: bad `dtype`, `max_shard_size` or `verify`.
     """
-    if dtype not in DTYPES:
-        raise ValueError(f"--dtype {dtype!r}: choose one of {sorted(DTYPES)}")
+    weights_dtype = torch_dtype(canonical_dtype(dtype, "--dtype", ("float32", "bfloat16", "float16")))
     ckpt, out, max_bytes = Path(checkpoint), Path(out), parse_size(max_shard_size)
     if out.exists() and not overwrite:
         raise FileExistsError(f"--out {out} already exists; choose a new folder or pass --overwrite")
@@ -267,11 +265,11 @@ def export_checkpoint(
     report.removed_temp = [str(p) for p in removed]
     with atomic_directory(out, overwrite=overwrite) as tmp:
         write_owner_file(tmp)  # lets a later export tell a killed write from a running one
-        report.shards = _write_weights(tmp, plan, DTYPES[dtype], max_bytes, report)
+        report.shards = _write_weights(tmp, plan, weights_dtype, max_bytes, report)
         _write_config(tmp, spec, report, base_dir, prompt_template_of(train_specs(manifest)))
         if ref is not None:
             found = compare_outputs(_reload_outputs(tmp, spec, batch), ref)
-            _check(report.errors, report.tolerance, "reloaded", found, TOLERANCE[DTYPES[dtype]])
+            _check(report.errors, report.tolerance, "reloaded", found, TOLERANCE[weights_dtype])
         _write_card_and_manifest(tmp, ckpt, manifest, base_dir, report, trained)
         (tmp / OWNER_FILE).unlink()
     return report
@@ -333,7 +331,7 @@ def _write_config(
     """config.json (dtype, architectures; `auto_map` only with its modeling files, which are
     copied), and generation_config.json."""
     config = spec.out_config
-    config.dtype = DTYPES[report.dtype]
+    config.dtype = torch_dtype(report.dtype)
     config.architectures = [model_classes(spec.out_kind)[1].__name__]
     if spec.out_kind == "llada" and getattr(config, "auto_map", None):
         code = find_modeling_code(config.auto_map, _modeling_code_folders(spec, base))

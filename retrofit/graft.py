@@ -30,6 +30,7 @@ from typing import Any
 
 import torch
 
+from retrofit.dtypes import DTYPE_NAMES, FLOAT_DTYPES, torch_dtype
 from retrofit.io_utils import read_safetensors_header
 from retrofit.models.flexmdm import FlexMDMModel
 
@@ -45,17 +46,6 @@ TOKENIZER_FILES = (
     "chat_template.jinja",
     "chat_template.json",
 )
-
-
-# safetensors header dtype / config.json dtype name -> torch dtype (floating types only).
-SAFETENSORS_DTYPES = {
-    "F64": torch.float64,
-    "F32": torch.float32,
-    "BF16": torch.bfloat16,
-    "F16": torch.float16,
-}
-CONFIG_DTYPES = {"float64": torch.float64, "float32": torch.float32, "bfloat16": torch.bfloat16,
-                 "float16": torch.float16}  # fmt: skip
 
 
 def stored_dtype(folder: str | Path) -> torch.dtype:
@@ -79,11 +69,11 @@ def stored_dtype(folder: str | Path) -> torch.dtype:
     counts: dict[torch.dtype, int] = {}
     for file in sorted(folder.glob("*.safetensors")):
         for name, info in read_safetensors_header(file).items():
-            if name != "__metadata__" and info["dtype"] in SAFETENSORS_DTYPES:
+            if name != "__metadata__" and DTYPE_NAMES.get(info["dtype"]) in FLOAT_DTYPES:
                 n = 1
                 for dim in info["shape"]:
                     n *= dim
-                dtype = SAFETENSORS_DTYPES[info["dtype"]]
+                dtype = torch_dtype(info["dtype"])
                 counts[dtype] = counts.get(dtype, 0) + n
     if counts:
         return max(counts, key=counts.__getitem__)
@@ -92,8 +82,8 @@ def stored_dtype(folder: str | Path) -> torch.dtype:
     except (OSError, ValueError):
         config = {}
     name = config.get("dtype") or config.get("torch_dtype")
-    if isinstance(name, str) and name in CONFIG_DTYPES:
-        return CONFIG_DTYPES[name]
+    if isinstance(name, str) and DTYPE_NAMES.get(name) in FLOAT_DTYPES:
+        return torch_dtype(name)
     raise ValueError(
         f"{folder}: cannot tell the stored dtype (no floating tensors in *.safetensors and no "
         "dtype / torch_dtype in config.json); pass --dtype bf16 or --dtype fp32"

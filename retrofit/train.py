@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from retrofit.dtypes import torch_dtype
 from retrofit.training.args import Recipe
 from retrofit.training.checkpoint import check_resume_parallelism, describe_resume, resolve_resume
 from retrofit.training.recipe import format_recipe, load_recipe, recipe_to_dict
@@ -36,8 +37,6 @@ __all__ = [
     "resolve_resume",
     "run_training",
 ]
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -201,7 +200,7 @@ def build_model(recipe: Recipe, base: str, tokenizer: Any) -> tuple[torch.nn.Mod
         flex = _load_grafted(recipe, base)
         model = _with_lora(recipe, flex, flex.new_module_names(), wrap_with_lora)
         return _finish_model(recipe, model, "flexmdm", base, width)
-    model = load_llada(base, dtype=DTYPES[recipe.model.dtype]).train()
+    model = load_llada(base, dtype=torch_dtype(recipe.model.dtype)).train()
     kind = "llada" if recipe.training.loss == "mdm" else "flexmdm"
     to_save: list[str] = []
     if kind == "flexmdm":
@@ -224,7 +223,7 @@ def _finish_model(recipe: Recipe, model, kind: str, base: str, width: int) -> tu
     lora = {}
     if recipe.mode != "pretrain":
         lora = model.peft_config["default"].to_dict()
-        cast_trainable(model, DTYPES[recipe.model.trainable_dtype])
+        cast_trainable(model, torch_dtype(recipe.model.trainable_dtype))
     config = model.get_base_model().config if hasattr(model, "get_base_model") else model.config
     info = {
         "kind": kind,
@@ -256,7 +255,7 @@ def _load_grafted(recipe: Recipe, base: str) -> torch.nn.Module:
     where = f"{Path(base) / 'config.json'} (model_type flexmdm)"
     if recipe.mode == "pretrain" or recipe.training.loss != "flexmdm":
         raise ValueError(f"model.base={base}: {where} needs mode: retrofit and training.loss: flexmdm")
-    flex = FlexMDMModel.from_pretrained(base, dtype=DTYPES[recipe.model.dtype]).train()
+    flex = FlexMDMModel.from_pretrained(base, dtype=torch_dtype(recipe.model.dtype)).train()
     config = flex.config
     for key, value in recipe.model.graft.items():
         if getattr(config, key, value) != value:

@@ -17,6 +17,8 @@ from typing import Any
 
 import torch
 
+from retrofit.dtypes import torch_dtype
+
 
 def machine_info(device: torch.device | str = "cpu") -> dict[str, Any]:
     """Where a number was measured: host, CPU count, load average, torch version / threads, GPU name."""
@@ -160,18 +162,13 @@ def torch_threads(threads: int | None):
         torch.set_num_threads(previous)
 
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
-
-
 def resolve_dtype(name: str) -> torch.dtype:
-    """torch dtype of a --dtype value ("fp32" | "bf16").
+    """Torch dtype of a `--dtype` spelling (any of `retrofit.dtypes`; the benchmarks use fp32 / bf16).
 
     Raises:
-        ValueError: any other name.
+        ValueError: an unknown spelling.
     """
-    if name not in DTYPES:
-        raise ValueError(f"--dtype must be one of {sorted(DTYPES)}, got {name!r}")
-    return DTYPES[name]
+    return torch_dtype(name, "--dtype")
 
 
 def autocast(device: torch.device, dtype: torch.dtype):

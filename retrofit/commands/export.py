@@ -10,13 +10,16 @@ from __future__ import annotations
 import argparse
 import sys
 
+from retrofit.dtypes import dtype_argument
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of `retrofit export`."""
     parser.add_argument("checkpoint", help="training checkpoint folder (with retrofit_checkpoint.json)")
     parser.add_argument("--out", required=True, help="output folder (must not exist unless --overwrite)")
-    parser.add_argument("--dtype", choices=("bf16", "fp32", "fp16"), default="bf16",
-                        help="dtype of the written weights (the merge itself is fp32)")  # fmt: skip
+    parser.add_argument("--dtype", type=dtype_argument(allowed=("float32", "bfloat16", "float16")), default="bf16",
+                        help="dtype of the written weights: bf16 (default), fp32 or fp16, any spelling "
+                        "(bfloat16, float32, ...); the merge itself is fp32")  # fmt: skip
     parser.add_argument("--max-shard-size", default="5GB", help='safetensors shard size, e.g. "5GB", "2GiB"')
     parser.add_argument("--base", default=None,
                         help="base model folder (default: the path in the manifest; its fingerprint must match)")  # fmt: skip

@@ -13,8 +13,7 @@ import sys
 from pathlib import Path
 
 from retrofit.commands.arg_types import at_least, check_lengths
-
-DTYPES = {"auto": None, "bf16": "bfloat16", "fp32": "float32"}
+from retrofit.dtypes import dtype_argument, torch_dtype
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -43,10 +42,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the new modules' init (default 0)")
     parser.add_argument(
         "--dtype",
-        choices=list(DTYPES),
+        type=dtype_argument(allow_auto=True),
         default="auto",
         help="dtype of the saved tensors (default auto: the base's stored dtype, read from its "
-        "safetensors headers or config.json; bf16 for LLaDA-8B, fp32 keeps an fp32 base exact)",
+        "safetensors headers or config.json; bf16 for LLaDA-8B, fp32 keeps an fp32 base exact; any "
+        "spelling: bf16, bfloat16, fp32, float32, ...)",
     )
     parser.add_argument("--max-shard-size", default="5GB", help='safetensors shard size (default "5GB")')
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
@@ -62,7 +62,6 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as err:
         print(f"retrofit graft: error: {err}", file=sys.stderr)
         return 1
-    import torch
 
     from retrofit.graft import graft_checkpoint, stored_dtype
 
@@ -70,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
         out = graft_checkpoint(
             args.base,
             args.out,
-            dtype=None if DTYPES[args.dtype] is None else getattr(torch, DTYPES[args.dtype]),
+            dtype=None if args.dtype == "auto" else torch_dtype(args.dtype),
             seed=args.seed,
             max_shard_size=args.max_shard_size,
             overwrite=args.overwrite,

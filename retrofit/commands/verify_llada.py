@@ -12,13 +12,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-DTYPES = ("auto", "float32", "bfloat16", "float16")
+from retrofit.dtypes import dtype_argument
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Positional folder plus loading options."""
     parser.add_argument("path", type=Path, help="LLaDA checkpoint folder")
-    parser.add_argument("--dtype", choices=DTYPES, default="auto", help="load dtype (default: as stored)")
+    parser.add_argument("--dtype", type=dtype_argument(allow_auto=True), default="auto",
+                        help="load dtype: auto (default: as stored), or bf16 / fp32 / fp16, any spelling")  # fmt: skip
     parser.add_argument("--device", default=None, help="e.g. cuda:0 (default: CPU)")
     parser.add_argument("--probe-length", type=int, default=16, help="probe batch length (default 16)")
     parser.add_argument(

@@ -19,19 +19,15 @@ from typing import Any
 
 import torch
 
+from retrofit.dtypes import torch_dtype
+
 __all__ = ["KINDS", "load_model", "make_sampler", "resolve_dtype"]
 
 KINDS = ("flexmdm", "llada")
-_DTYPES = {
-    "bf16": torch.bfloat16,
-    "bfloat16": torch.bfloat16,
-    "fp32": torch.float32,
-    "float32": torch.float32,
-}
 
 
 def resolve_dtype(dtype: str | torch.dtype | None, device: str) -> torch.dtype:
-    """Torch dtype of "bf16" / "fp32" / a torch.dtype; None = bf16 on CUDA, fp32 elsewhere.
+    """Torch dtype of a spelling (`retrofit.dtypes`) or a torch.dtype; None = bf16 on CUDA, fp32 elsewhere.
 
     Raises:
         ValueError: an unknown dtype name.
@@ -40,9 +36,7 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: str) -> torch.dtype:
         return dtype
     if dtype is None:
         return torch.bfloat16 if str(device).startswith("cuda") else torch.float32
-    if dtype not in _DTYPES:
-        raise ValueError(f"dtype {dtype!r} is not one of {sorted(_DTYPES)}")
-    return _DTYPES[dtype]
+    return torch_dtype(dtype)
 
 
 def load_model(

@@ -11,9 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from retrofit.dtypes import canonical_dtype
+
 __all__ = [
     "DEFAULT_LORA_TARGETS",
-    "DTYPES",
     "DataRecipe",
     "LoraRecipe",
     "ModelRecipe",
@@ -27,7 +28,6 @@ DEFAULT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "transformer.ff_out")
 
 TIME_SAMPLING = ("banded", "stratified", "uniform")
 INIT_LORA = ("continue", "merge")
-DTYPES = ("float32", "bfloat16", "float16")
 
 TRAINING_FIELDS: dict[str, tuple[Any, str]] = {
     "loss": ("flexmdm", "flexmdm (docs/method.md §3.2) | mdm (LLaDA baseline, §3.6)"),
@@ -85,8 +85,11 @@ class ModelRecipe:
         if not self.base:
             raise ValueError("recipe model.base is required (a LLaDA folder or Hub id)")
         check_choice("model.init_lora", self.init_lora, INIT_LORA)
-        check_choice("model.dtype", self.dtype, DTYPES)
-        check_choice("model.trainable_dtype", self.trainable_dtype, DTYPES)
+        half_or_single = ("float32", "bfloat16", "float16")
+        self.dtype = canonical_dtype(self.dtype, "recipe model.dtype", half_or_single)
+        self.trainable_dtype = canonical_dtype(
+            self.trainable_dtype, "recipe model.trainable_dtype", half_or_single
+        )
 
 
 @dataclass
