@@ -24,6 +24,7 @@ from retrofit.commands.generate import (
     add_prompt_template_argument,
     fast_sampling_options,
 )
+from retrofit.dtypes import dtype_argument
 
 # Per-verb sampler defaults by model kind (docs/method.md §4.6, §6.1, §6.2); --steps etc. override them.
 DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
@@ -76,7 +77,10 @@ def _sampler_options(p: argparse.ArgumentParser, verb: str) -> None:
                    help="FlexMDM: cap on prompt + generation tokens (default: the model's canvas width)")  # fmt: skip
     p.add_argument("--device", default=None, help='e.g. "cuda", "cpu" (default: cuda if available)')
     p.add_argument(
-        "--dtype", choices=("bf16", "fp32"), default=None, help="default: bf16 on GPU, fp32 on CPU"
+        "--dtype",
+        type=dtype_argument(allowed=("float32", "bfloat16")),
+        default=None,
+        help="bf16 or fp32, any spelling (default: bf16 on GPU, fp32 on CPU)",
     )
     add_prompt_template_argument(p)
     add_fast_sampling_arguments(p)

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from retrofit.commands.arg_types import at_least, check_lengths, non_negative_float, probability
+from retrofit.dtypes import dtype_argument
 
 
 def add_sampler_arguments(parser: argparse.ArgumentParser) -> None:
@@ -65,7 +66,10 @@ def add_sampler_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--trace-png", default=None, help="FlexMDM: plot length / clean tokens per step here")
     parser.add_argument("--device", default=None, help='e.g. "cpu", "cuda" (default: cuda if available)')
     parser.add_argument(
-        "--dtype", default=None, choices=("bf16", "fp32"), help="default: bf16 on GPU, fp32 on CPU"
+        "--dtype",
+        type=dtype_argument(allowed=("float32", "bfloat16")),
+        default=None,
+        help="bf16 or fp32, any spelling (default: bf16 on GPU, fp32 on CPU)",
     )
     parser.add_argument("--output", default=None, help="also write one JSON line per sample here")
 
