@@ -22,6 +22,7 @@ from torch import Tensor
 
 from retrofit.schedules import (
     Schedule,
+    draw_uniform,
     make_schedule,
     sample_hitting_times,
     sample_unmasking_times,
@@ -30,6 +31,8 @@ from retrofit.time_sampling import band_order, banded_strata, banded_times, samp
 
 __all__ = [
     "IGNORE_INDEX",
+    "MDMSample",
+    "mdm_forward_mask",
     "InterpolantSample",
     "band_order",
     "banded_strata",
@@ -254,3 +257,65 @@ def sample_interpolant(
     T2 = sample_unmasking_times(beta, T1, generator=generator)
     kwargs = {"insertion_schedule": alpha, "unmasking_schedule": beta, "unmask_rate_eps": unmask_rate_eps}
     return build_x_t(x1, x1_mask, T1, T2, t.to(x1.device), protected, mask_id, pad_id, **kwargs)
+
+
+# ------------------------------------------------------------------ the LLaDA baseline's noising
+@dataclass
+class MDMSample:
+    """LLaDA-style masked batch (docs/method.md §3.6).
+
+    Attributes:
+        x_t: long [B, L], x1 with masked positions set to mask_id.
+        masked: bool [B, L], positions that were masked (always inside response_mask).
+        targets: long [B, L], x1 at masked positions, IGNORE_INDEX (-100) elsewhere.
+        mask_prob: float32 [B], p = (1 - 1e-3) t + 1e-3.
+    """
+
+    x_t: Tensor
+    masked: Tensor
+    targets: Tensor
+    mask_prob: Tensor
+
+
+def mdm_forward_mask(
+    x1: Tensor,
+    response_mask: Tensor,
+    t: Tensor,
+    mask_id: int,
+    generator: torch.Generator | None = None,
+    *,
+    t_eps: float = 1e-3,
+) -> MDMSample:
+    """LLaDA forward process: mask each response position independently with p = (1 - eps) t + eps
+    (docs/method.md §3.6).
+
+    Args:
+        x1: long [B, L], the full canvas (prompt, response, pad/EOS tail).
+        response_mask: bool [B, L], positions that may be masked and are trained. LLaDA's SFT
+            convention: everything after the prompt, including the pad/EOS tail up to the canvas
+            width, i.e. ``~prompt_mask``; use ``x1_mask & ~prompt_mask`` to leave pads untrained.
+        t: float [B], LLaDA times in [0, 1] (t = 1 fully masked).
+        mask_id: mask token id.
+        generator: optional torch.Generator (a CPU generator gives the same mask on any device).
+        t_eps: the 1e-3 floor of p.
+
+    Returns:
+        MDMSample with x_t, masked, targets and mask_prob.
+
+    Raises:
+        ValueError: if response_mask / t do not match x1.
+    """
+    if response_mask.shape != x1.shape or t.shape != (x1.shape[0],):
+        raise ValueError(
+            f"mdm_forward_mask: need response_mask {tuple(x1.shape)} and t ({x1.shape[0]},), "
+            f"got {tuple(response_mask.shape)} and {tuple(t.shape)}"
+        )
+    p = (1.0 - t_eps) * t.float().to(x1.device) + t_eps  # [B]
+    u = draw_uniform(x1.shape, generator=generator, device=x1.device, dtype=torch.float32)
+    masked = (u < p[:, None]) & response_mask.bool()
+    return MDMSample(
+        x_t=x1.masked_fill(masked, mask_id),
+        masked=masked,
+        targets=x1.masked_fill(~masked, IGNORE_INDEX),
+        mask_prob=p,
+    )

@@ -21,16 +21,13 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from retrofit.interpolant import IGNORE_INDEX
-from retrofit.schedules import draw_uniform
 
 __all__ = [
     "BREGMAN_CLAMP",
     "FlexMDMLossOutput",
-    "MDMSample",
     "bregman_poisson",
     "flexmdm_loss",
     "masked_cross_entropy",
-    "mdm_forward_mask",
     "mdm_loss",
 ]
 
@@ -46,23 +43,6 @@ class FlexMDMLossOutput:
     total: Tensor
     unmask: Tensor
     length: Tensor
-
-
-@dataclass
-class MDMSample:
-    """LLaDA-style masked batch (docs/method.md §3.6).
-
-    Attributes:
-        x_t: long [B, L], x1 with masked positions set to mask_id.
-        masked: bool [B, L], positions that were masked (always inside response_mask).
-        targets: long [B, L], x1 at masked positions, IGNORE_INDEX (-100) elsewhere.
-        mask_prob: float32 [B], p = (1 - 1e-3) t + 1e-3.
-    """
-
-    x_t: Tensor
-    masked: Tensor
-    targets: Tensor
-    mask_prob: Tensor
 
 
 def bregman_poisson(g: Tensor, g_hat: Tensor, eps: float = BREGMAN_CLAMP) -> Tensor:
@@ -201,7 +181,7 @@ def mdm_loss(
 
     Args:
         token_logits: [B, L, V] or [N, V] (layouts of :func:`masked_cross_entropy`).
-        targets: long [B, L] (-100 off the masked positions, e.g. MDMSample.targets) or [N].
+        targets: long [B, L] (-100 off the masked positions, e.g. interpolant.MDMSample.targets) or [N].
         mask_prob: float [B], the masking probability p of each row.
         normalizer: denominator constant (4096 in the reference baseline), > 0.
         mask_slots: bool [B, L], optional selector. row_index: long [N], optional.
@@ -216,47 +196,3 @@ def mdm_loss(
         raise ValueError(f"mdm_loss: normalizer must be > 0, got {normalizer}")
     ce, row = masked_cross_entropy(token_logits, targets, mask_slots=mask_slots, row_index=row_index)
     return (ce / mask_prob.float()[row]).sum() / (mask_prob.shape[0] * float(normalizer))
-
-
-def mdm_forward_mask(
-    x1: Tensor,
-    response_mask: Tensor,
-    t: Tensor,
-    mask_id: int,
-    generator: torch.Generator | None = None,
-    *,
-    t_eps: float = 1e-3,
-) -> MDMSample:
-    """LLaDA forward process: mask each response position independently with p = (1 - eps) t + eps
-    (docs/method.md §3.6).
-
-    Args:
-        x1: long [B, L], the full canvas (prompt, response, pad/EOS tail).
-        response_mask: bool [B, L], positions that may be masked and are trained. LLaDA's SFT
-            convention: everything after the prompt, including the pad/EOS tail up to the canvas
-            width, i.e. ``~prompt_mask``; use ``x1_mask & ~prompt_mask`` to leave pads untrained.
-        t: float [B], LLaDA times in [0, 1] (t = 1 fully masked).
-        mask_id: mask token id.
-        generator: optional torch.Generator (a CPU generator gives the same mask on any device).
-        t_eps: the 1e-3 floor of p.
-
-    Returns:
-        MDMSample with x_t, masked, targets and mask_prob.
-
-    Raises:
-        ValueError: if response_mask / t do not match x1.
-    """
-    if response_mask.shape != x1.shape or t.shape != (x1.shape[0],):
-        raise ValueError(
-            f"mdm_forward_mask: need response_mask {tuple(x1.shape)} and t ({x1.shape[0]},), "
-            f"got {tuple(response_mask.shape)} and {tuple(t.shape)}"
-        )
-    p = (1.0 - t_eps) * t.float().to(x1.device) + t_eps  # [B]
-    u = draw_uniform(x1.shape, generator=generator, device=x1.device, dtype=torch.float32)
-    masked = (u < p[:, None]) & response_mask.bool()
-    return MDMSample(
-        x_t=x1.masked_fill(masked, mask_id),
-        masked=masked,
-        targets=x1.masked_fill(~masked, IGNORE_INDEX),
-        mask_prob=p,
-    )

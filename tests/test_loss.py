@@ -9,8 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from retrofit.interpolant import IGNORE_INDEX, build_x_t, sample_interpolant
-from retrofit.loss import bregman_poisson, flexmdm_loss, masked_cross_entropy, mdm_forward_mask, mdm_loss
+from retrofit.interpolant import IGNORE_INDEX, build_x_t, mdm_forward_mask, sample_interpolant
+from retrofit.loss import bregman_poisson, flexmdm_loss, masked_cross_entropy, mdm_loss
 from retrofit.schedules import GeometricSchedule
 
 MASK, PAD = 1, 0

@@ -41,8 +41,7 @@ import torch
 from torch import Tensor
 
 from retrofit.data.infill_format import boundary_ids, boundary_layout, draw_infill_split, fim_ids, fim_layout
-from retrofit.interpolant import sample_interpolant, trim_to_longest
-from retrofit.loss import mdm_forward_mask
+from retrofit.interpolant import mdm_forward_mask, sample_interpolant, trim_to_longest
 from retrofit.schedules import Schedule, draw_uniform, make_schedule
 from retrofit.time_sampling import banded_times, derive_seed, sample_times
 
