@@ -4,7 +4,7 @@ Implements docs/method.md §1.3-1.5 (hitting times, compaction, gaps, prompt pro
 time sampling), with the invariants and test vectors of docs/method.md §7.1. Everything is vectorised over
 batch and sequence and stays on the device of its inputs.
 
-Typical use in a collator::
+Typical use in a collator (times from `retrofit.time_sampling`)::
 
     t = sample_times(B, world_size=W, rank=r, generator=g)
     sample = sample_interpolant(x1, x1_mask, t, prompt_mask, make_schedule("geometric"),
@@ -27,19 +27,14 @@ from retrofit.schedules import (
     sample_hitting_times,
     sample_unmasking_times,
 )
-from retrofit.time_sampling import band_order, banded_strata, banded_times, sample_times  # noqa: F401 (re-exported)
 
 __all__ = [
     "IGNORE_INDEX",
     "MDMSample",
     "mdm_forward_mask",
     "InterpolantSample",
-    "band_order",
-    "banded_strata",
-    "banded_times",
     "build_x_t",
     "sample_interpolant",
-    "sample_times",
     "trim_to_longest",
 ]
 

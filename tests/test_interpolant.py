@@ -16,15 +16,12 @@ from scipy.integrate import quad
 from retrofit.interpolant import (
     IGNORE_INDEX,
     InterpolantSample,
-    band_order,
-    banded_strata,
-    banded_times,
     build_x_t,
     sample_interpolant,
-    sample_times,
     trim_to_longest,
 )
 from retrofit.schedules import HITTING_TIME_EPS, GeometricSchedule, LinearSchedule
+from retrofit.time_sampling import band_order, banded_strata, banded_times, sample_times
 
 MASK, PAD = 1, 0
 B, L, ELL = 4096, 64, 48  # samples, canvas width, length of the fixed x1

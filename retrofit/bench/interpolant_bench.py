@@ -53,7 +53,8 @@ class InterpolantOptions:
 
 
 def _variant_fns(opts: InterpolantOptions, features: list[dict[str, Any]]) -> dict[str, Any]:
-    from retrofit.interpolant import sample_interpolant, sample_times, trim_to_longest
+    from retrofit.interpolant import sample_interpolant, trim_to_longest
+    from retrofit.time_sampling import sample_times
     from retrofit.training.collator import FlexMDMCollator, pad_x1
 
     s = SIZES["8b"]  # LLaDA ids; the work does not depend on them

@@ -16,8 +16,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from retrofit.interpolant import sample_interpolant, sample_times
+from retrofit.interpolant import sample_interpolant
 from retrofit.loss import bregman_poisson
+from retrofit.time_sampling import sample_times
 
 
 def llada_mask_counts(num_targets: int, num_rows: int, k: int) -> list[int]:

@@ -44,10 +44,9 @@ from retrofit.data.infill_format import boundary_ids, boundary_layout, draw_infi
 from retrofit.interpolant import mdm_forward_mask, sample_interpolant, trim_to_longest
 from retrofit.schedules import Schedule, draw_uniform, make_schedule
 from retrofit.time_sampling import banded_times, derive_seed, sample_times
+from retrofit.training.sections import TIME_SAMPLING_MODES
 
-__all__ = ["TIME_MODES", "FlexMDMCollator", "MDMCollator", "TimeSampler", "derive_seed", "pad_x1"]
-
-TIME_MODES = ("stratified", "banded", "uniform")
+__all__ = ["FlexMDMCollator", "MDMCollator", "TimeSampler", "pad_x1"]
 
 
 def _generator(*parts: Any) -> torch.Generator:
@@ -72,8 +71,8 @@ class TimeSampler:
     t_min: float = 1e-3
 
     def __post_init__(self) -> None:
-        if self.mode not in TIME_MODES:
-            raise ValueError(f"time mode must be one of {TIME_MODES}, got {self.mode!r}")
+        if self.mode not in TIME_SAMPLING_MODES:
+            raise ValueError(f"time mode must be one of {TIME_SAMPLING_MODES}, got {self.mode!r}")
         if self.grad_accum < 1 or self.world_size < 1 or not 0 <= self.rank < self.world_size:
             raise ValueError(
                 f"need grad_accum >= 1 and 0 <= rank < world_size; got {self.grad_accum}, {self.rank}, "

@@ -19,6 +19,7 @@ __all__ = [
     "LoraRecipe",
     "ModelRecipe",
     "ObjectiveRecipe",
+    "TIME_SAMPLING_MODES",
     "TRAINING_FIELDS",
     "check_choice",
 ]
@@ -26,7 +27,8 @@ __all__ = [
 DEFAULT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "transformer.ff_out")
 """LoRA target suffixes of the retrofit (docs/method.md §2.8): 96 attention projections + the LM head."""
 
-TIME_SAMPLING = ("banded", "stratified", "uniform")
+TIME_SAMPLING_MODES = ("banded", "stratified", "uniform")
+"""The collator's time-sampling modes (docs/method.md §3.5); `training.collator.TimeSampler` checks them."""
 INIT_LORA = ("continue", "merge")
 
 TRAINING_FIELDS: dict[str, tuple[Any, str]] = {
@@ -162,4 +164,4 @@ class ObjectiveRecipe:
     trim: bool = True
 
     def __post_init__(self) -> None:
-        check_choice("objective.time_sampling", self.time_sampling, TIME_SAMPLING)
+        check_choice("objective.time_sampling", self.time_sampling, TIME_SAMPLING_MODES)
