@@ -129,9 +129,9 @@ def run_workload(
         ).tolist()
     n_layers = int(getattr(model.config, "num_hidden_layers", None) or model.config.n_layers)
     rows, reference = [], None
+    shape = (dict(max_length=max(map(len, rows_in)) + gen_tokens) if kind == "flexmdm"
+             else dict(gen_length=gen_tokens, block_length=block_length))  # fmt: skip
     for name, options in settings.items():
-        shape = (dict(max_length=max(map(len, rows_in)) + gen_tokens) if kind == "flexmdm"
-                 else dict(gen_length=gen_tokens, block_length=block_length))  # fmt: skip
         sampler = make_sampler(model, tokenizer, kind, temperature=0.0, **shape)
         sampler = dataclasses.replace(sampler, config=dataclasses.replace(sampler.config, **options))
         with count_calls(model) as count, autocast(torch.device(device), resolve_dtype(dtype)):

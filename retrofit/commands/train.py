@@ -255,10 +255,15 @@ def _steps(recipe: Any, global_batch: int) -> tuple[int | str, str]:
 
 
 def _recomputes_activations(training: Any) -> bool:
-    """Whether the training arguments turn activation (gradient) checkpointing on (either name)."""
-    if hasattr(type(training), "activation_checkpointing") or "activation_checkpointing" in vars(training):
-        return bool(training.activation_checkpointing)
-    return bool(training.gradient_checkpointing)
+    """Whether the training arguments turn activation (gradient) checkpointing on, read under the
+    name the installed transformers defines (as `recipe.RENAMED_TRAINING_FIELDS` resolves it)."""
+    names = {f.name for f in dataclasses.fields(training)}
+    return bool(
+        getattr(
+            training,
+            "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing",
+        )
+    )
 
 
 def _is_local(spec: dict[str, Any]) -> bool:

@@ -221,12 +221,7 @@ def lm_eval_cli(argv: Sequence[str], data_dir: str | os.PathLike | None = None) 
 
     if not argv or argv[0] in ("-h", "--help"):
         print(LM_EVAL_HELP)
-        sys.argv = ["lm-eval", "--help"]
-        try:
-            cli_evaluate()
-        except SystemExit as exit_:
-            return int(exit_.code or 0) if isinstance(exit_.code, int) else 0
-        return 0
+        return _run_cli(cli_evaluate, ["--help"])
     import lm_eval.models  # noqa: F401  (registers the built-in models)
 
     import retrofit.evaluation.lm_eval_models  # noqa: F401  (registers flexmdm / llada)
@@ -240,12 +235,19 @@ def lm_eval_cli(argv: Sequence[str], data_dir: str | os.PathLike | None = None) 
                 print(
                     f"retrofit eval lm-eval: warning: our GSM8K tasks are unavailable: {err}", file=sys.stderr
                 )
-        saved = sys.argv
-        sys.argv = ["lm-eval", *argv]
-        try:
-            cli_evaluate()
-        except SystemExit as exit_:
-            return int(exit_.code or 0) if isinstance(exit_.code, (int, type(None))) else 1
-        finally:
-            sys.argv = saved
+        return _run_cli(cli_evaluate, argv)
+
+
+def _run_cli(cli_evaluate: Any, argv: list[str]) -> int:
+    """lm-eval's `cli_evaluate()` with `argv` as its command line; its SystemExit -> exit code."""
+    import sys
+
+    saved = sys.argv
+    sys.argv = ["lm-eval", *argv]
+    try:
+        cli_evaluate()
+    except SystemExit as exit_:
+        return int(exit_.code or 0) if isinstance(exit_.code, (int, type(None))) else 1
+    finally:
+        sys.argv = saved
     return 0

@@ -271,11 +271,8 @@ class MDMSampler:
         (docs/method.md §4.9 steps 2-3).
 
         Row b's Gumbel noise of block slot i, token v is uniform column i·V + v of its stream."""
-        logits = logits.clone()
-        # never propose the mask itself (docs/method.md §4.7.3)
-        logits[..., self._mask_id(cfg)] = float("-inf")
-        if cfg.logits_eos_inf:
-            logits[..., self._eos_id(cfg)] = float("-inf")
+        # never propose the mask itself (docs/method.md §4.7.3), nor EOS with logits_eos_inf
+        logits = logits.masked_fill(self._banned(cfg, logits), float("-inf"))
         noisy = logits.to(torch.float64)
         B, b, V = noisy.shape
         if cfg.temperature > 0:
