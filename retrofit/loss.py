@@ -8,8 +8,12 @@ recipe). LLaDA baseline (docs/method.md §3.6): sum over masked response positio
 (B * normalizer).
 
 Token logits may be given for the whole canvas [B, L, V] or only for the mask slots [N, V]
-(rows of ``mask_slots.nonzero()``, row-major), so the trainer can skip the LM head elsewhere.
-Cross-entropy is computed in float32.
+(rows of ``mask_slots.nonzero()``, row-major), so the trainer can skip the LM head elsewhere,
+or the model may return the per-slot cross-entropy itself (``token_ce`` [N], its chunked token
+head, retrofit.models.token_head). Cross-entropy is computed in float32.
+
+Packed batches (docs/method.md §3.7): the arrays are [R, T] packed rows and ``document_ids``
+[R, T] names the example of each position; weights, t and the normaliser's B stay per example.
 """
 
 from __future__ import annotations
@@ -71,6 +75,7 @@ def masked_cross_entropy(
     *,
     mask_slots: Tensor | None = None,
     row_index: Tensor | None = None,
+    token_ce: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Float32 cross-entropy at the target slots, and the batch row of each.
 
@@ -79,6 +84,8 @@ def masked_cross_entropy(
         ``targets != -100``.
       * ``token_logits`` [N, V] (rows of ``mask_slots.nonzero()``), ``targets`` [B, L] and ``mask_slots``.
       * ``token_logits`` [N, V], ``targets`` [N] and ``row_index`` [N] (batch row of each logit row).
+      * ``token_ce`` [N] (the model's float32 per-slot cross-entropy; ``token_logits`` None) with
+        ``mask_slots`` [B, L] or ``row_index`` [N].
 
     Returns:
         (ce [N] float32, row [N] long).
@@ -86,6 +93,16 @@ def masked_cross_entropy(
     Raises:
         ValueError: on a layout/shape mismatch, naming the argument to fix.
     """
+    if token_ce is not None:
+        if row_index is None:
+            if mask_slots is None:
+                raise ValueError(
+                    "token_ce [N] needs mask_slots [B, L] or row_index [N] (the slots it covers)"
+                )
+            row_index = mask_slots.bool().nonzero()[:, 0]
+        if row_index.shape != token_ce.shape:
+            raise ValueError(f"token_ce has {token_ce.shape[0]} slots but the selector {row_index.shape[0]}")
+        return token_ce.float(), row_index.long()
     if token_logits.dim() == 3:
         if targets.shape != token_logits.shape[:2]:
             raise ValueError(
@@ -128,6 +145,8 @@ def flexmdm_loss(
     normalizer: float,
     mask_slots: Tensor | None = None,
     row_index: Tensor | None = None,
+    token_ce: Tensor | None = None,
+    document_ids: Tensor | None = None,
 ) -> FlexMDMLossOutput:
     """FlexMDM loss of one micro-batch (docs/method.md §3.2-3.3).
 
@@ -144,6 +163,11 @@ def flexmdm_loss(
         weight_unmask: float [B], w_u(t). weight_insert: float [B], w_i(t).
         normalizer: the constant in the denominator (canvas width; 1024 in the 8B recipe), > 0.
         mask_slots: bool [B, L], optional slot selector. row_index: long [N], optional.
+        token_ce: float32 [N], the per-slot cross-entropy already computed by the model
+            (``token_logits`` is then None).
+        document_ids: packed batches: long [R, T], the example (0..B-1) of each position, -1 on
+            filler; targets / gaps / gap_mask / mask_slots are then [R, T] and B = len(weights)
+            (docs/method.md §3.7).
 
     Returns:
         FlexMDMLossOutput of float32 scalars.
@@ -160,10 +184,22 @@ def flexmdm_loss(
         )
     batch = weight_unmask.shape[0]
     denom = batch * float(normalizer)
-    ce, row = masked_cross_entropy(token_logits, targets, mask_slots=mask_slots, row_index=row_index)
+    if document_ids is not None:
+        if document_ids.shape != gaps.shape:
+            raise ValueError(
+                f"document_ids {tuple(document_ids.shape)} must be [R, T] like gaps {tuple(gaps.shape)}"
+            )
+        if mask_slots is not None and row_index is None:
+            row_index = document_ids[mask_slots.bool()]
+    ce, row = masked_cross_entropy(
+        token_logits, targets, mask_slots=mask_slots, row_index=row_index, token_ce=token_ce
+    )
     unmask = (weight_unmask.float()[row] * ce).sum() / denom
-    div = torch.where(gap_mask.bool(), bregman_poisson(gaps, expected_gaps), 0.0)  # [B, L + 1]
-    length = (weight_insert.float() * div.sum(dim=1)).sum() / denom
+    div = torch.where(gap_mask.bool(), bregman_poisson(gaps, expected_gaps), 0.0)  # [B, L + 1] / [R, T]
+    if document_ids is None:
+        length = (weight_insert.float() * div.sum(dim=1)).sum() / denom
+    else:  # each position weighted by its example's w_i(t); filler has gap_mask False
+        length = (weight_insert.float()[document_ids.clamp_min(0)] * div).sum() / denom
     return FlexMDMLossOutput(total=unmask + length, unmask=unmask, length=length)
 
 
@@ -175,6 +211,8 @@ def mdm_loss(
     normalizer: float,
     mask_slots: Tensor | None = None,
     row_index: Tensor | None = None,
+    token_ce: Tensor | None = None,
+    document_ids: Tensor | None = None,
 ) -> Tensor:
     """LLaDA baseline loss sum_{masked response positions} CE / p, divided by (B * normalizer)
     (docs/method.md §3.6).
@@ -185,6 +223,8 @@ def mdm_loss(
         mask_prob: float [B], the masking probability p of each row.
         normalizer: denominator constant (4096 in the reference baseline), > 0.
         mask_slots: bool [B, L], optional selector. row_index: long [N], optional.
+        token_ce: float32 [N] per-slot cross-entropy from the model (``token_logits`` None).
+        document_ids: packed batches: long [R, T], the example of each position (docs/method.md §3.7).
 
     Returns:
         float32 scalar.
@@ -194,5 +234,9 @@ def mdm_loss(
     """
     if not normalizer > 0:
         raise ValueError(f"mdm_loss: normalizer must be > 0, got {normalizer}")
-    ce, row = masked_cross_entropy(token_logits, targets, mask_slots=mask_slots, row_index=row_index)
+    if document_ids is not None and mask_slots is not None and row_index is None:
+        row_index = document_ids[mask_slots.bool()]
+    ce, row = masked_cross_entropy(
+        token_logits, targets, mask_slots=mask_slots, row_index=row_index, token_ce=token_ce
+    )
     return (ce / mask_prob.float()[row]).sum() / (mask_prob.shape[0] * float(normalizer))

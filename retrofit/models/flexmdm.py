@@ -29,6 +29,7 @@ from transformers.utils import ModelOutput
 
 from retrofit.models.length_head import LengthHead
 from retrofit.models.llada import LLaDAConfig, LLaDAModelLM
+from retrofit.models.packed_attention import PackedLayout
 from retrofit.models.prefix_cache import PrefixCache, as_prefix_len, check_inference_only
 from retrofit.models.time_embedding import AdaLNModulation, SinusoidalTimeEmbedding, TimeMLP
 from retrofit.schedules import make_schedule
@@ -170,8 +171,10 @@ class FlexMDMOutput(ModelOutput):
             gap j (read at position j; j = n_b is the tail gap; docs/method.md §2.2, §2.6).
         prefix_cache: with `cache_prefix=P`, the PrefixCache of canvas positions 0..P-1 (their
             keys/values carry the AdaLN modulation of this forward's t), else None.
-        trunk_positions: B x (L+1), the positions fed to the trunk (the length slot included);
-            trunk FLOPs are proportional to trunk_positions x num_hidden_layers.
+        trunk_positions: B x (L+1), the positions fed to the trunk (the length slot included;
+            packed: R x T); trunk FLOPs are proportional to trunk_positions x num_hidden_layers.
+        token_ce: with `token_targets`, float32 [N] cross-entropy at the N slots of
+            `logits_mask` (row-major), and `logits` is None.
 
     In a cached forward (`prefix_cache=`) L is the live width Lv: logits cover live slots
     P..P+Lv-1 and expected_gaps[:, i] is canvas gap P + i (i = 0..Lv).
@@ -181,6 +184,7 @@ class FlexMDMOutput(ModelOutput):
     expected_gaps: torch.Tensor | None = None
     prefix_cache: PrefixCache | None = None
     trunk_positions: int | None = None
+    token_ce: torch.Tensor | None = None
 
 
 class FlexMDMModel(PreTrainedModel):
@@ -248,15 +252,26 @@ class FlexMDMModel(PreTrainedModel):
         """Names of the modules the graft adds, for peft `modules_to_save` (docs/method.md §2.9)."""
         return ["time_mlp", "length_head"] + [f"adaln.{k}" for k in range(len(self.adaln))]
 
-    def block_modulation(self, t: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    def block_modulation(
+        self, t: torch.Tensor, document_ids: torch.Tensor | None = None
+    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Per-block AdaLN (scale, shift) for times t [B] float (docs/method.md §2.4-2.5).
 
+        Args:
+            t: [B] float times (packed: one per document).
+            document_ids: packed rows: long [R, T], the document (index into t) of each
+                position, -1 on filler (given document 0's modulation; never read).
+
         Returns:
-            A list with one (scale [B, D], shift [B, D]) pair per backbone block; blocks
-            k*G .. k*G+G-1 share the pair of group k (G = adaln_group_size).
+            A list with one (scale [B, D], shift [B, D]) pair per backbone block (packed: one
+            [R, T, D] pair, each position carrying its document's modulation, docs/method.md §3.7);
+            blocks k*G .. k*G+G-1 share the pair of group k (G = adaln_group_size).
         """
         e = self.time_mlp(self.time_embedding(t))  # [B, D]
         group_mods = [modulator(e) for modulator in self.adaln]
+        if document_ids is not None:
+            index = document_ids.clamp_min(0)
+            group_mods = [(scale[index], shift[index]) for scale, shift in group_mods]  # [R, T, D]
         group = self.config.adaln_group_size
         return [group_mods[i // group] for i in range(self.config.num_hidden_layers)]
 
@@ -268,6 +283,9 @@ class FlexMDMModel(PreTrainedModel):
         logits_mask: torch.Tensor | None = None,
         cache_prefix: int | None = None,
         prefix_cache: PrefixCache | None = None,
+        packed: PackedLayout | None = None,
+        token_targets: torch.Tensor | None = None,
+        head_chunk: int | None = None,
         **kwargs,
     ) -> FlexMDMOutput:
         """Token posteriors and expected gap counts for the canvas x_t at time t (docs/method.md §2.1-2.2).
@@ -294,6 +312,15 @@ class FlexMDMModel(PreTrainedModel):
                 most CPU shapes, else ~1e-6 in fp32); reused in later steps it is
                 Fast-dLLM's approximate cache, stale in the response and in t (the prefix keeps
                 the AdaLN modulation of the t it was built at); see retrofit.models.prefix_cache.
+            packed: a PackedLayout of packed rows (docs/method.md §3.7): `input_ids` [R, T] hold
+                whole documents, each its n_d slots then its length slot (pad), laid out by the
+                training collator; `t` holds one time per document (indexed by
+                `packed.document_ids`); no pad column is appended and `attention_mask` must be
+                None. logits / expected_gaps are then [N, V] / [R, T] (gap j of document d is
+                read at its position j = 0..n_d). Needs pad_attention "slots".
+            token_targets: long [B, L] targets at `logits_mask`: return `token_ce` [N] (float32
+                cross-entropy) instead of logits, the head run in chunks of `head_chunk` slots
+                recomputed in backward (retrofit.models.token_head).
 
         Returns:
             FlexMDMOutput(logits [B, L, V_emb] or [N, V_emb], expected_gaps [B, L+1] fp32 >= 0,
@@ -311,6 +338,10 @@ class FlexMDMModel(PreTrainedModel):
                 fit, or a cache argument while autograd is recording (inference only).
         """
         _check_ignored_kwargs(kwargs)
+        if packed is not None:
+            return self._packed_forward(
+                input_ids, t, attention_mask, logits_mask, packed, token_targets, head_chunk
+            )
         B, L = input_ids.shape
         times = _batch_times(t, B, input_ids.device)  # [B] fp32
         canvas, key_mask = self._canvas(input_ids, attention_mask)  # [B, L+1], [B, L+1] | None
@@ -323,12 +354,13 @@ class FlexMDMModel(PreTrainedModel):
             **cache_kwargs,
         )
         h = out.last_hidden_state  # [B, L+1, D], post-ln_f
-        if logits_mask is None:
+        token_ce = None
+        if logits_mask is None and token_targets is None:
             # The LM head runs on all L+1 rows, as in the base LLaDA, so the GEMM (whose rounding
             # depends on its shape) gives bitwise the base's logits at graft time (docs/method.md §2.10).
             logits = self.backbone.compute_logits(h)[:, :L]  # [B, L, V] (a view)
-        else:
-            logits = self.backbone.logits_at(h[:, :L], logits_mask)  # [N, V]
+        else:  # [N, V], or the [N] cross-entropy
+            logits, token_ce = self.backbone.head_outputs(h[:, :L], logits_mask, token_targets, head_chunk)
         return FlexMDMOutput(
             logits=logits,
             expected_gaps=self.length_head(
@@ -336,6 +368,37 @@ class FlexMDMModel(PreTrainedModel):
             ),
             prefix_cache=out.prefix_cache,
             trunk_positions=out.trunk_positions,
+            token_ce=token_ce,
+        )
+
+    def _packed_forward(self, input_ids, t, attention_mask, logits_mask, packed, token_targets, head_chunk):
+        """`forward` on packed rows (docs/method.md §3.7); see its `packed` argument."""
+        if attention_mask is not None or self.config.pad_attention != "slots":
+            raise ValueError(
+                "packed rows need pad_attention='slots' and no attention_mask (documents attend to themselves)"
+            )
+        if input_ids.shape != packed.document_ids.shape:
+            raise ValueError(
+                f"input_ids {tuple(input_ids.shape)} and packed.document_ids "
+                f"{tuple(packed.document_ids.shape)} must have the same [R, T] shape"
+            )
+        times = torch.as_tensor(t, device=input_ids.device).float().reshape(-1)  # [num documents]
+        out = self.backbone(
+            input_ids,
+            block_modulation=self.block_modulation(times, packed.document_ids),
+            return_logits=False,
+            packed=packed,
+        )
+        h = out.last_hidden_state  # [R, T, D]
+        if logits_mask is None and token_targets is None:
+            logits, token_ce = self.backbone.compute_logits(h), None
+        else:
+            logits, token_ce = self.backbone.head_outputs(h, logits_mask, token_targets, head_chunk)
+        return FlexMDMOutput(
+            logits=logits,
+            expected_gaps=self.length_head(h),
+            trunk_positions=out.trunk_positions,
+            token_ce=token_ce,
         )
 
     def _cache_kwargs(

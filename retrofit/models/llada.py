@@ -35,7 +35,9 @@ from transformers import PreTrainedModel
 from transformers.utils import ModelOutput
 
 from retrofit.models.llada_config import LLaDAConfig
+from retrofit.models.packed_attention import PackedLayout, packed_attention
 from retrofit.models.prefix_cache import PrefixCache, as_prefix_len, check_inference_only
+from retrofit.models.token_head import token_cross_entropy
 
 try:  # transformers >= 4.52: recomputation handled by the layer base class
     from transformers.modeling_layers import GradientCheckpointingLayer
@@ -57,6 +59,8 @@ class LLaDAOutput(ModelOutput):
             `cache_prefix=P`, else None.
         trunk_positions: B x L, the positions fed to the trunk (L = the live width in a cached
             forward); trunk FLOPs are proportional to trunk_positions x n_layers.
+        token_ce: with `token_targets`, float32 [N] cross-entropy at the N slots of
+            `logits_mask` (row-major), and `logits` is None.
 
     In a cached forward (`prefix_cache=`) L is the live width Lv and every tensor covers the
     live positions P..P+Lv-1 only.
@@ -67,6 +71,7 @@ class LLaDAOutput(ModelOutput):
     last_hidden_state: torch.Tensor | None = None
     prefix_cache: PrefixCache | None = None
     trunk_positions: int | None = None
+    token_ce: torch.Tensor | None = None
 
 
 class RMSNorm(nn.Module):
@@ -107,12 +112,12 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 
 
 def _modulate(y: torch.Tensor, scale_shift: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
-    """AdaLN: y <- (1 + scale) * y + shift, scale/shift [B, D] broadcast over positions
-    (docs/method.md §2.5)."""
+    """AdaLN: y <- (1 + scale) * y + shift, scale/shift [B, D] broadcast over positions, or
+    [B, L, D] per position (packed rows, docs/method.md §2.5, §3.7)."""
     if scale_shift is None:
         return y
-    scale, shift = scale_shift
-    return y * (1 + scale[:, None, :].to(y.dtype)) + shift[:, None, :].to(y.dtype)
+    scale, shift = (m[:, None, :] if m.dim() == 2 else m for m in scale_shift)
+    return y * (1 + scale.to(y.dtype)) + shift.to(y.dtype)
 
 
 class LLaDABlock(GradientCheckpointingLayer):
@@ -133,10 +138,11 @@ class LLaDABlock(GradientCheckpointingLayer):
         self.up_proj = nn.Linear(d, config.mlp_hidden_size, bias=False)
         self.ff_out = nn.Linear(config.mlp_hidden_size, d, bias=False)
 
-    def attention(self, h, cos, sin, attn_mask, prefix_kv=None, cache_sink=None, cache_len=0):
+    def attention(self, h, cos, sin, attn_mask, prefix_kv=None, cache_sink=None, cache_len=0, packed=None):
         """Bidirectional multi-head attention. h [B, L, D]; attn_mask [B, 1, 1, K] bool or None.
 
-        cos/sin [L, hd] are the RoPE tables of h's absolute positions. Prefix cache (inference):
+        cos/sin [L, hd] (or [B, 1, L, hd] per row) are the RoPE tables of h's positions. `packed`
+        (a PackedLayout): block-diagonal attention within each document (docs/method.md §3.7). Prefix cache (inference):
         `prefix_kv` = (keys, values) [B, Hkv, P, hd] are prepended to h's keys/values (K = P + L);
         with `cache_sink` (a list) the post-RoPE keys and the values of h's first `cache_len`
         positions are appended to it as a detached, contiguous pair [B, Hkv, cache_len, hd].
@@ -157,7 +163,10 @@ class LLaDABlock(GradientCheckpointingLayer):
         if self.n_kv_heads != self.n_heads:  # grouped-query attention
             rep = self.n_heads // self.n_kv_heads
             k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=0.0, is_causal=False)
+        if packed is not None:
+            out = packed_attention(q, k, v, packed)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=0.0, is_causal=False)
         return self.attn_out(out.transpose(1, 2).reshape(B, L, -1))
 
     def forward(
@@ -172,15 +181,17 @@ class LLaDABlock(GradientCheckpointingLayer):
         prefix_kv=None,
         cache_sink=None,
         cache_len=0,
+        packed=None,
     ):
-        """x [B, L, D] -> [B, L, D]. Optional AdaLN `scale`, `shift` [B, D] modulate both norms.
+        """x [B, L, D] -> [B, L, D]. Optional AdaLN `scale`, `shift` [B, D] (or [B, L, D])
+        modulate both norms.
 
         Tensors are positional so that re-entrant gradient checkpointing propagates their grads.
-        The keyword-only prefix-cache arguments (inference only) are described in `attention`.
+        The keyword-only prefix-cache and `packed` arguments are described in `attention`.
         """
         mod = None if scale is None else (scale, shift)
         h = _modulate(self.attn_norm(x), mod)
-        x = x + self.attention(h, cos, sin, attn_mask, prefix_kv, cache_sink, cache_len)
+        x = x + self.attention(h, cos, sin, attn_mask, prefix_kv, cache_sink, cache_len, packed)
         h = _modulate(self.ff_norm(x), mod)
         return x + self.ff_out(F.silu(self.ff_proj(h)) * self.up_proj(h))
 
@@ -261,6 +272,36 @@ class LLaDAModelLM(PreTrainedModel):
             )
         return self.compute_logits(hidden[logits_mask.bool()])
 
+    def head_outputs(
+        self,
+        hidden: torch.Tensor,
+        logits_mask: torch.Tensor | None,
+        token_targets: torch.Tensor | None = None,
+        head_chunk: int | None = None,
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """(logits, token_ce) of post-`ln_f` states [B, L, D] (docs/method.md §3.2).
+
+        Without `token_targets`: (`logits_at(hidden, logits_mask)`, None). With `token_targets`
+        (long [B, L], read at `logits_mask`, which is then required): (None, float32 [N]
+        cross-entropy at the N mask slots, row-major), computed by
+        `retrofit.models.token_head.token_cross_entropy` in chunks of `head_chunk` slots.
+
+        Raises:
+            ValueError: `token_targets` without `logits_mask`, or shapes that differ from [B, L].
+        """
+        if token_targets is None:
+            return self.logits_at(hidden, logits_mask), None
+        if logits_mask is None or token_targets.shape != logits_mask.shape:
+            raise ValueError("token_targets needs a logits_mask of the same [B, L] shape (the mask slots)")
+        if tuple(logits_mask.shape) != tuple(hidden.shape[:2]):
+            raise ValueError(
+                f"logits_mask has shape {tuple(logits_mask.shape)}, expected {tuple(hidden.shape[:2])}"
+            )
+        select = logits_mask.bool()
+        return None, token_cross_entropy(
+            self.compute_logits, hidden[select], token_targets[select], head_chunk
+        )
+
     def forward(
         self,
         input_ids: torch.LongTensor,
@@ -272,6 +313,9 @@ class LLaDAModelLM(PreTrainedModel):
         logits_mask: torch.Tensor | None = None,
         cache_prefix: int | None = None,
         prefix_cache: PrefixCache | None = None,
+        packed: PackedLayout | None = None,
+        token_targets: torch.Tensor | None = None,
+        head_chunk: int | None = None,
         **kwargs,
     ) -> LLaDAOutput:
         """Bidirectional forward pass, optionally building or using a prompt-prefix KV cache.
@@ -300,6 +344,11 @@ class LLaDAModelLM(PreTrainedModel):
                 (same block_modulation), the live outputs equal the full forward's on those
                 positions up to kernel rounding (bitwise for most CPU shapes, else ~1e-6 in
                 fp32; see retrofit.models.prefix_cache for exactness and staleness).
+            packed: a PackedLayout: the rows hold several documents, each attending only to
+                itself with RoPE positions `packed.position_ids` (docs/method.md §3.7);
+                `attention_mask` must then be None.
+            token_targets: long [B, L] targets at `logits_mask`: return `token_ce` [N] instead of
+                logits (`head_outputs`); `head_chunk` slots per chunk of the token head.
 
         Returns:
             LLaDAOutput with logits [B, L, V_emb] (or [N, V_emb] with `logits_mask`),
@@ -326,6 +375,10 @@ class LLaDAModelLM(PreTrainedModel):
         # Tables of positions 0..offset+L-1, sliced: the live rows are bitwise the full forward's.
         cos, sin = rope_cos_sin(offset + L, head_dim, self.config.rope_theta, device=x.device)
         cos, sin = cos[offset:], sin[offset:]  # [L, hd]
+        if packed is not None:
+            if attention_mask is not None or offset or cache_prefix is not None:
+                raise ValueError("packed rows take neither attention_mask nor a prefix cache")
+            cos, sin = cos[packed.position_ids][:, None], sin[packed.position_ids][:, None]  # [B, 1, L, hd]
         attn_mask = _key_mask(attention_mask, offset, B, input_ids.device)
         sink: list[tuple[torch.Tensor, torch.Tensor]] | None = [] if cache_prefix is not None else None
         hidden_states = []
@@ -334,7 +387,9 @@ class LLaDAModelLM(PreTrainedModel):
                 hidden_states.append(x)
             mod = block_modulation[i] if block_modulation is not None else None
             scale, shift = mod if mod is not None else (None, None)
-            if sink is None and prefix_cache is None:
+            if packed is not None:
+                x = block(x, cos, sin, None, scale, shift, packed=packed)
+            elif sink is None and prefix_cache is None:
                 x = block(x, cos, sin, attn_mask, scale, shift)
             else:
                 past = prefix_cache.layer(i) if prefix_cache is not None else None
@@ -352,7 +407,9 @@ class LLaDAModelLM(PreTrainedModel):
         x = tr.ln_f(x)
         if output_hidden_states:
             hidden_states.append(x)
-        logits = self.logits_at(x, logits_mask) if return_logits else None  # [B, L, V] or [N, V]
+        logits, token_ce = None, None
+        if return_logits:  # [B, L, V] or [N, V]; or the [N] cross-entropy with token_targets
+            logits, token_ce = self.head_outputs(x, logits_mask, token_targets, head_chunk)
         cache = None
         if sink is not None:
             cache = PrefixCache(
@@ -367,6 +424,7 @@ class LLaDAModelLM(PreTrainedModel):
             last_hidden_state=x,
             prefix_cache=cache,
             trunk_positions=B * L,
+            token_ce=token_ce,
         )
 
     def _check_cache_args(

@@ -61,10 +61,14 @@ MODELING_SOURCES = {
     "configuration_llada.py": "llada_config.py",
     "modeling_llada.py": "llada.py",
     "prefix_cache.py": "prefix_cache.py",  # imported by modeling_llada.py (relative import)
+    "packed_attention.py": "packed_attention.py",  # likewise
+    "token_head.py": "token_head.py",  # likewise
 }
 _PACKAGE_IMPORTS = {
     "from retrofit.models.llada_config import LLaDAConfig": "from .configuration_llada import LLaDAConfig",
     "from retrofit.models.prefix_cache import": "from .prefix_cache import",
+    "from retrofit.models.packed_attention import": "from .packed_attention import",
+    "from retrofit.models.token_head import": "from .token_head import",
 }
 
 
@@ -89,9 +93,9 @@ def official_config_dict(config: LLaDAConfig) -> dict:
 
 def write_modeling_code(out_dir: str | Path) -> list[str]:
     """Write configuration_llada.py + modeling_llada.py (the modules `OFFICIAL_AUTO_MAP` names)
-    and the prefix_cache.py that modeling_llada.py imports.
+    and the modules modeling_llada.py imports (prefix_cache.py, packed_attention.py, token_head.py).
 
-    They are retrofit's native `llada_config.py` / `llada.py` (and `prefix_cache.py`, which it
+    They are retrofit's native `llada_config.py` / `llada.py` (and the modules it
     imports) with the package imports made relative, so the folder's remote code is
     self-contained (imports only torch / transformers)
     and computes the same logits as `retrofit.models.LLaDAModelLM`. Tests edit the written

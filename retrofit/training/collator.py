@@ -41,9 +41,10 @@ import torch
 from torch import Tensor
 
 from retrofit.data.infill_format import boundary_ids, boundary_layout, draw_infill_split, fim_ids, fim_layout
-from retrofit.interpolant import mdm_forward_mask, sample_interpolant, trim_to_longest
+from retrofit.interpolant import IGNORE_INDEX, mdm_forward_mask, sample_interpolant, trim_to_longest
 from retrofit.schedules import Schedule, draw_uniform, make_schedule
 from retrofit.time_sampling import banded_times, derive_seed, sample_times
+from retrofit.training.packing import PackPlan
 from retrofit.training.sections import TIME_SAMPLING_MODES
 
 __all__ = ["FlexMDMCollator", "MDMCollator", "TimeSampler", "pad_x1"]
@@ -144,6 +145,8 @@ class _CollatorBase:
     rank: int = 0
     grad_accum: int = 1
     seed: int = 0
+    packing: bool = False
+    pack_tokens: int | None = None
     calls: int = field(default=0)
 
     def _setup(self, t_min: float) -> None:
@@ -156,6 +159,8 @@ class _CollatorBase:
             )
         if self.canvas_width < 1:
             raise ValueError(f"collator: canvas_width must be >= 1, got {self.canvas_width}")
+        if self.pack_tokens is not None and self.pack_tokens < 1:
+            raise ValueError(f"collator: pack_tokens must be >= 1 or None, got {self.pack_tokens}")
         self.times = TimeSampler(
             self.time_mode, self.world_size, self.rank, self.grad_accum, self.seed, t_min
         )
@@ -228,6 +233,9 @@ class FlexMDMCollator(_CollatorBase):
             data-parallel layout and run seed (see the module docstring).
         trim: cut the batch to its longest x_t. t_min: lower clamp of t (1e-3).
         infill_boundary: boundary ids (default: from the tokenizer) for infilling rows.
+        packing: lay the examples' trimmed x_t (n_b slots + the length slot) side by side in
+            rows of `pack_tokens` positions (None: one row per micro-batch; docs/method.md §3.7,
+            `retrofit.training.packing`).
 
     Call: ``collator(features)`` with features = dicts holding ``input_ids`` (list[int]) and
     optionally ``prompt_length``, ``infill_cutoff``, ``anchors`` (positions protected like the
@@ -237,6 +245,10 @@ class FlexMDMCollator(_CollatorBase):
         gap_mask bool [B, w + 1], weight_unmask / weight_insert float [B], num_x1_tokens long []
         (real x1 tokens, boundaries included), num_computed_tokens long [] (B * w + B: slots plus
         the length slot); w = max n if trim else canvas_width.
+        With ``packing``: input_ids / mask_slots / targets / gaps / gap_mask are [R, T] packed
+        rows (each document: its n_b slots, then its length slot holding pad, with gap j of
+        the example at its position j), document_ids / position_ids long [R, T] are added,
+        attention_mask is absent, t and the weights stay [B], and num_computed_tokens = R * T.
     """
 
     insertion_schedule: Schedule | str | dict = "geometric"
@@ -264,8 +276,10 @@ class FlexMDMCollator(_CollatorBase):
         s = sample_interpolant(
             x1, x1_mask, t, protected, self.alpha, self.beta, self.mask_id, self.pad_id, gen
         )
-        if self.trim:
+        if self.trim or self.packing:
             s = trim_to_longest(s)
+        if self.packing:
+            return self._packed(s, x1_mask)
         batch, width = s.x_t.shape
         return {
             "input_ids": s.x_t,
@@ -281,6 +295,30 @@ class FlexMDMCollator(_CollatorBase):
             "num_computed_tokens": torch.tensor(batch * width + batch),
         }
 
+    def _packed(self, s: Any, x1_mask: Tensor) -> dict[str, Tensor]:
+        """Packed rows of documents (slots, then the pad length slot) of a trimmed sample."""
+        plan = PackPlan(s.lengths + 1, self.pack_tokens)
+        column = torch.arange(s.x_t.shape[1] + 1)
+        ids = torch.nn.functional.pad(s.x_t, (0, 1), value=self.pad_id)
+        ids = torch.where(column[None, :] == s.lengths[:, None], self.pad_id, ids)  # length slot = pad
+        pad_column = (0, 1)
+        return {
+            "input_ids": plan.gather(ids, self.pad_id),
+            "document_ids": plan.document_ids,
+            "position_ids": plan.position_ids,
+            "t": s.t,
+            "mask_slots": plan.gather(torch.nn.functional.pad(s.mask_slots, pad_column, value=False), False),
+            "targets": plan.gather(
+                torch.nn.functional.pad(s.targets, pad_column, value=IGNORE_INDEX), IGNORE_INDEX
+            ),
+            "gaps": plan.gather(s.gaps, 0.0),
+            "gap_mask": plan.gather(s.gap_mask, False),
+            "weight_unmask": s.weight_unmask,
+            "weight_insert": s.weight_insert,
+            "num_x1_tokens": x1_mask.sum(),
+            "num_computed_tokens": torch.tensor(plan.num_positions),
+        }
+
 
 @dataclass
 class MDMCollator(_CollatorBase):
@@ -292,6 +330,8 @@ class MDMCollator(_CollatorBase):
         the reference; p = (1 - 1e-3) t + 1e-3 is applied by `mdm_forward_mask`).
         train_pad_tail: the pad/EOS tail is part of the response (LLaDA SFT convention; default).
         fim: FIM instruction / delimiter ids (default: from the tokenizer) for infilling rows.
+        packing, pack_tokens: pack the examples into rows (docs/method.md §3.7): a document is the
+            whole width-L canvas when the pad tail is trained, else the example's real tokens.
 
     Returns a dict: input_ids long [B, L] (x_t), targets long [B, L] (-100 off masked positions),
         mask_slots bool [B, L], mask_prob float [B], t float [B], num_x1_tokens long [],
@@ -318,6 +358,22 @@ class MDMCollator(_CollatorBase):
         self.calls += 1
         response = ~protected if self.train_pad_tail else x1_mask & ~protected
         s = mdm_forward_mask(x1, response, t, self.mask_id, gen)
+        if self.packing:
+            sizes = (
+                torch.full_like(t, x1.shape[1], dtype=torch.long) if self.train_pad_tail else x1_mask.sum(1)
+            )
+            plan = PackPlan(sizes, self.pack_tokens)
+            return {
+                "input_ids": plan.gather(s.x_t, self.pad_id),
+                "document_ids": plan.document_ids,
+                "position_ids": plan.position_ids,
+                "targets": plan.gather(s.targets, IGNORE_INDEX),
+                "mask_slots": plan.gather(s.masked, False),
+                "mask_prob": s.mask_prob,
+                "t": t,
+                "num_x1_tokens": x1_mask.sum(),
+                "num_computed_tokens": torch.tensor(plan.num_positions),
+            }
         return {
             "input_ids": s.x_t,
             "targets": s.targets,
