@@ -42,7 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Export and print a summary. Returns 0, or 1 with the error on stderr."""
-    from retrofit.export import ExportError, export_checkpoint
+    from retrofit.export.pipeline import ExportError, export_checkpoint
     from retrofit.training.checkpoint import CheckpointError
 
     try:

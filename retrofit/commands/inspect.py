@@ -21,7 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Print the report. Returns 0 when healthy, 1 when problems were found."""
-    from retrofit.inspect_checkpoint import inspect_folder
+    from retrofit.export.inspect import inspect_folder
 
     report = inspect_folder(args.path, check_hashes=not args.no_hash)
     print(json.dumps(report.to_dict(), indent=2) if args.json else report.format())

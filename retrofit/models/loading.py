@@ -285,7 +285,7 @@ def refuse_training_checkpoint(folder: str | Path, *, field: str | None = None) 
             --out OUT"; as a recipe field it also suggests `model.init_from=PATH` with the
             checkpoint's own base (from its manifest).
     """
-    from retrofit.inspect_checkpoint import is_training_checkpoint
+    from retrofit.export.inspect import is_training_checkpoint
 
     folder = Path(folder)
     if (folder / "config.json").is_file() or not is_training_checkpoint(folder):

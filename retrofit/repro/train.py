@@ -178,7 +178,7 @@ def _replace(src: Path, dst: Path) -> None:
 
 def _export(checkpoint: Path, out: Path) -> Path:
     """`retrofit export` of the retrofit's LoRA checkpoint (merged in fp32, verified)."""
-    from retrofit.export import export_checkpoint
+    from retrofit.export.pipeline import export_checkpoint
 
     export_checkpoint(checkpoint, out, dtype="fp32", overwrite=True)
     return out

@@ -21,8 +21,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 import retrofit.models  # noqa: F401  (registers the Auto classes)
-from retrofit.export import ExportError, export_checkpoint
-from retrofit.export_shards import ShardWriter
+from retrofit.export.pipeline import ExportError, export_checkpoint
+from retrofit.export.shards import ShardWriter
 from retrofit.io_utils import sha256_file
 from retrofit.training.checkpoint import MANIFEST_NAME, CheckpointError, read_manifest, write_manifest
 
@@ -335,7 +335,7 @@ def test_pickled_adapter_exports_with_trust(damaged, fp32_export):
 
 def test_failed_verification_writes_nothing(damaged, monkeypatch):
     ckpt, _, out = damaged
-    monkeypatch.setitem(__import__("retrofit.export").export.TOLERANCE, torch.float32, 0.0)
+    monkeypatch.setitem(__import__("retrofit.export.verify").export.verify.TOLERANCE, torch.float32, 0.0)
     with pytest.raises(ExportError, match="layers: merged_fp32 differs"):
         export_checkpoint(ckpt, out, dtype="fp32", overwrite=True, verify="layers")
     _assert_untouched(out)
@@ -361,8 +361,8 @@ def test_interrupted_export_leaves_only_tmp_names(damaged, monkeypatch):
 
 MEMORY_SCRIPT = """
 import json, resource, sys, threading, time
-import retrofit.export, retrofit.models
-from retrofit.export import export_checkpoint
+import retrofit.export.pipeline, retrofit.models
+from retrofit.export.pipeline import export_checkpoint
 
 def anon():  # anonymous resident memory (file-backed mmap pages excluded)
     return next(int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith("RssAnon:"))

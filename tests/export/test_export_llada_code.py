@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from retrofit.export import export_checkpoint
+from retrofit.export.pipeline import export_checkpoint
 from retrofit.graft import graft_checkpoint
 from retrofit.models import FlexMDMModel, LLaDAModelLM
 from retrofit.models.tiny import OFFICIAL_AUTO_MAP, write_modeling_code

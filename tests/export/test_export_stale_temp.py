@@ -16,14 +16,14 @@ import sys
 import time
 from pathlib import Path
 
-from retrofit.export import export_checkpoint
-from retrofit.export_files import OWNER_FILE, remove_stale_temp_folders, write_owner_file
+from retrofit.export.files import OWNER_FILE, remove_stale_temp_folders, write_owner_file
+from retrofit.export.pipeline import export_checkpoint
 
 REPO = Path(__file__).resolve().parents[2]
 KILLED_EXPORT = """
 import os, signal, sys
-from retrofit.export import export_checkpoint
-from retrofit.export_shards import ShardWriter
+from retrofit.export.pipeline import export_checkpoint
+from retrofit.export.shards import ShardWriter
 open_shard = ShardWriter._open
 def open_then_die(self, shard):
     open_shard(self, shard)

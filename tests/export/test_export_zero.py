@@ -100,7 +100,7 @@ def test_zero3_export_equals_deepspeed_consolidation(zero3_run, tmp_path):
     from safetensors.torch import load_file
     from transformers import AutoModel
 
-    from retrofit.export import export_checkpoint
+    from retrofit.export.pipeline import export_checkpoint
     from retrofit.training.checkpoint import CheckpointError
 
     base, ckpt, refs = zero3_run
@@ -140,7 +140,7 @@ def test_zero3_export_equals_deepspeed_consolidation(zero3_run, tmp_path):
 
 @pytest.mark.slow
 def test_inspect_zero3_checkpoint(zero3_run):
-    from retrofit.inspect_checkpoint import inspect_folder
+    from retrofit.export.inspect import inspect_folder
 
     report = inspect_folder(zero3_run[1])
     assert report.kind == "zero checkpoint" and report.problems == [] and report.model_type == "flexmdm"

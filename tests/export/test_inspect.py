@@ -13,7 +13,7 @@ import pytest
 from safetensors.torch import load_file
 
 from retrofit.commands import inspect as inspect_command
-from retrofit.inspect_checkpoint import inspect_folder
+from retrofit.export.inspect import inspect_folder
 from retrofit.training.checkpoint import MANIFEST_NAME, read_manifest, write_manifest
 
 REPO = Path(__file__).resolve().parents[2]
@@ -30,7 +30,7 @@ def numel_by_prefix(folder: Path) -> dict[str, int]:
 
 @pytest.fixture(scope="module")
 def exported(trained_checkpoint, tmp_path_factory) -> Path:
-    from retrofit.export import export_checkpoint
+    from retrofit.export.pipeline import export_checkpoint
 
     out = tmp_path_factory.mktemp("inspect") / "export"
     export_checkpoint(trained_checkpoint.ckpt, out, dtype="bf16", max_shard_size="100KB", verify="layers")

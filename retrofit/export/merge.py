@@ -3,8 +3,8 @@
 `plan_merge` checks everything from safetensors headers only (names, shapes, LoRA factor
 shapes, missing / unknown tensors) before any weight is read, so a bad input fails fast and
 names the file. `iter_merged` then reads one base tensor at a time (`safe_open`, memory-mapped),
-merges W' = W + scaling * (B @ A) in fp32 (docs/method.md §2.8) and yields it; `retrofit.export_shards`
-writes it straight to its output shard. Peak memory: see `retrofit.export`.
+merges W' = W + scaling * (B @ A) in fp32 (docs/method.md §2.8) and yields it; `retrofit.export.shards`
+writes it straight to its output shard. Peak memory: see `retrofit.export.pipeline`.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
-from retrofit.export_sources import LoraDelta, TrainedWeights
-from retrofit.export_verify import LayerProbe
+from retrofit.export.sources import LoraDelta, TrainedWeights
+from retrofit.export.verify import LayerProbe
 from retrofit.io_utils import read_safetensors_header
 from retrofit.training.checkpoint import CheckpointError
 

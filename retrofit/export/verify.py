@@ -7,7 +7,7 @@ Two levels (both report the error as max|got - ref| / max(1, max|ref|), "relativ
   cast weight written to disk, and the weight re-read from disk must all reproduce it.
 - `probe_batch` / `model_outputs` / `compare_outputs`: a fixed batch (seeded token ids, fixed t)
   run through the unmerged peft model and the merged model, comparing logits and expected
-  gaps. Used when memory allows holding one fp32 copy of the model (see `retrofit.export`).
+  gaps. Used when memory allows holding one fp32 copy of the model (see `retrofit.export.pipeline`).
 
 Tolerances (`TOLERANCE`): fp32 1e-4 (pure rounding of the merge), bf16 3e-2 and fp16 1e-2 for
 weights rounded to 8 / 11 mantissa bits (measured errors on tiny models: see tests/export/test_export.py).
@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from retrofit.export_sources import LoraDelta
+from retrofit.export.sources import LoraDelta
 
 TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 3e-2, torch.float16: 1e-2}
 

@@ -4,14 +4,14 @@ Pipeline (each step fails with a message naming the file at fault, before anythi
 
 1. Read the checkpoint manifest (`retrofit_checkpoint.json`), check the base model folder
    against its fingerprint, build the model on the meta device for names and shapes.
-2. Read the trained tensors (`retrofit.export_sources`): safetensors adapters once their sha256
+2. Read the trained tensors (`retrofit.export.sources`): safetensors adapters once their sha256
    matches the manifest; pickled formats (ZeRO shards, `.bin` adapters) only with
    `trust_checkpoint=True` (`--trust-checkpoint`). training_args.bin, optimizer, scheduler and
    rng files are never read.
-3. Plan the merge from safetensors headers only (`retrofit.export_merge.plan_merge`).
+3. Plan the merge from safetensors headers only (`retrofit.export.merge.plan_merge`).
 4. Verify before writing. "full" mode (when ~6 bytes/param fit in available RAM): run the
    unmerged peft model and the fp32 merged model on a fixed probe batch; logits and expected
-   gaps must agree within 1e-4 (relative-ish, `retrofit.export_verify`). "layers" mode: only the
+   gaps must agree within 1e-4 (relative-ish, `retrofit.export.verify`). "layers" mode: only the
    per-layer probes (merged W x vs W x + s B A x), which run in every mode.
 5. Stream base shard -> merge -> output shard into `<out parent>/.tmp-<name>-*`; re-read the
    merged tensors from disk (layer probes) and, in full mode, reload the folder with
@@ -23,15 +23,15 @@ Pipeline (each step fails with a message naming the file at fault, before anythi
 
 A LLaDA export (`--to-llada`, or a LLaDA checkpoint) keeps the base's config.json `auto_map`
 only together with the modeling files it names (copied from the base folder, or from the LLaDA
-folder a FlexMDM base was grafted from; `retrofit.export_files`), so
+folder a FlexMDM base was grafted from; `retrofit.export.files`), so
 `AutoModel.from_pretrained(out, trust_remote_code=True)` works offline; without them the
 export drops `auto_map` and the model card says to load it with `import retrofit.models`.
 Temp folders of earlier killed exports to the same destination are removed before writing
-(`retrofit.export_files.remove_stale_temp_folders`; a running export's folder is kept).
+(`retrofit.export.files.remove_stale_temp_folders`; a running export's folder is kept).
 
 Memory (streaming; measured by tests/export/test_export.py::test_streaming_merge_peak_memory): base
 tensors are memory-mapped and each output tensor is written to its shard as soon as it exists
-(`retrofit.export_shards`), so the anonymous (non-file-backed) peak is one merge:
+(`retrofit.export.shards`), so the anonymous (non-file-backed) peak is one merge:
     anon peak ~ R0 + 8 N_max
 with R0 the process baseline (~0.6 GB: torch + transformers) and N_max the element count of the
 largest LoRA-merged tensor (its fp32 merged copy + the fp32 B @ A; the base tensor itself stays
@@ -64,16 +64,17 @@ from typing import Any
 import torch
 
 from retrofit.dtypes import canonical_dtype, torch_dtype
-from retrofit.export_files import (
+from retrofit.export.files import (
     OWNER_FILE,
     copy_modeling_code,
     find_modeling_code,
     remove_stale_temp_folders,
     write_owner_file,
 )
-from retrofit.export_generation import generation_defaults, prompt_template_of, train_specs
-from retrofit.export_merge import iter_merged, parse_size, plan_merge
-from retrofit.export_models import (
+from retrofit.export.generation import generation_defaults, prompt_template_of, train_specs
+from retrofit.export.merge import iter_merged, parse_size, plan_merge
+from retrofit.export.model_card import render_model_card, training_metrics
+from retrofit.export.models import (
     ExportError,
     ModelSpec,
     merged_model,
@@ -82,11 +83,10 @@ from retrofit.export_models import (
     probe_outputs,
     reference_model,
 )
-from retrofit.export_shards import ShardWriter
-from retrofit.export_sources import TrainedWeights, load_trained_weights
-from retrofit.export_verify import TOLERANCE, LayerProbe, compare_outputs, model_outputs, probe_batch
+from retrofit.export.shards import ShardWriter
+from retrofit.export.sources import TrainedWeights, load_trained_weights
+from retrofit.export.verify import TOLERANCE, LayerProbe, compare_outputs, model_outputs, probe_batch
 from retrofit.io_utils import atomic_directory, file_digests, sha256_file, write_json_atomic
-from retrofit.model_card import render_model_card, training_metrics
 from retrofit.training.checkpoint import MANIFEST_NAME, CheckpointError, check_base, read_manifest
 
 __all__ = [
@@ -115,7 +115,7 @@ class ExportReport:
         n_params: parameters written.
         shards: safetensors file names.
         mode: verification mode used ("full" or "layers").
-        errors: {check: relative-ish error} (see `retrofit.export_verify`).
+        errors: {check: relative-ish error} (see `retrofit.export.verify`).
         tolerance: {check: tolerance applied}.
         modeling_code: modeling .py files copied from `modeling_code_from` (LLaDA exports).
         modeling_code_from: the folder they came from (None: not copied).

@@ -1,5 +1,5 @@
 """The models behind an export: names/shapes on the meta device, the unmerged peft reference
-and the in-memory fp32 merged model (used by `retrofit.export` for probe-batch checks).
+and the in-memory fp32 merged model (used by `retrofit.export.pipeline` for probe-batch checks).
 
 The reference is built exactly as training built it (LLaDA loaded by `load_llada`, grafted by
 `FlexMDMModel.from_llada` with the checkpoint's config, wrapped by peft) and filled by peft's own
@@ -16,9 +16,9 @@ from typing import Any
 
 import torch
 
-from retrofit.export_merge import iter_merged
-from retrofit.export_sources import TrainedWeights
-from retrofit.export_verify import model_outputs
+from retrofit.export.merge import iter_merged
+from retrofit.export.sources import TrainedWeights
+from retrofit.export.verify import model_outputs
 from retrofit.training.checkpoint import MANIFEST_NAME, CheckpointError
 from retrofit.training.lora import quiet_peft_rename_warning
 

@@ -28,9 +28,7 @@ from typing import Any
 from retrofit.io_utils import read_safetensors_header
 from retrofit.training.checkpoint import MANIFEST_NAME, verify_checkpoint, verify_files
 
-EXPORT_MANIFEST = (
-    "retrofit_manifest.json"  # same name as retrofit.export.EXPORT_MANIFEST (not imported: torch-free)
-)
+EXPORT_MANIFEST = "retrofit_manifest.json"  # same name as retrofit.export.pipeline.EXPORT_MANIFEST (not imported: torch-free)
 INDEX_NAME = "model.safetensors.index.json"
 ADAPTER_FILE = "adapter_model.safetensors"
 
