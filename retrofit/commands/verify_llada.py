@@ -1,6 +1,6 @@
 """`retrofit verify-llada DIR`: check that a LLaDA folder loads natively; print tokenizer facts.
 
-Exits 1 when a problem is found (see retrofit.verify). Running the folder's own
+Exits 1 when a problem is found (see retrofit.models.verify). Running the folder's own
 modeling_llada.py executes code from that folder: pass --no-remote-code to skip it.
 
 Usage:
@@ -32,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
     """Print the verification report; returns 0 if no problem was found, else 1."""
     import torch
 
-    from retrofit.verify import verify_llada
+    from retrofit.models.verify import verify_llada
 
     report = verify_llada(
         args.path,

@@ -13,10 +13,10 @@ import transformers
 from safetensors.torch import load_file, save_file
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
 
-import retrofit.verify
+import retrofit.models.verify
 from retrofit.models import LLaDAConfig, LLaDAModelLM
 from retrofit.models.loading import CheckpointError, load_llada, resolve_mask_id
-from retrofit.verify import verify_llada
+from retrofit.models.verify import verify_llada
 
 SHARD = r"\S+/model-0000\d-of-0000\d\.safetensors"
 CFG = r"\S+/config\.json"
@@ -228,7 +228,7 @@ def test_verify_remote_code_comparison(tiny_llada_dir, tmp_path, monkeypatch):
     for name in ("configuration_llada.py", "modeling_llada.py"):
         (path / name).write_text("# stand-in: load_remote_model is patched below\n")
     same = load_llada(path)
-    monkeypatch.setattr(retrofit.verify, "load_remote_model", lambda p, dtype, device: same)
+    monkeypatch.setattr(retrofit.models.verify, "load_remote_model", lambda p, dtype, device: same)
     report = verify_llada(path)
     assert report.ok and report.remote.startswith("matched (folder's llada.LLaDAModelLM, transformers")
     assert "max|Δlogits| = 0 " in report.remote
@@ -236,14 +236,14 @@ def test_verify_remote_code_comparison(tiny_llada_dir, tmp_path, monkeypatch):
     other = load_llada(path)
     with torch.no_grad():
         other.model.transformer.ln_f.weight.mul_(1.5)
-    monkeypatch.setattr(retrofit.verify, "load_remote_model", lambda p, dtype, device: other)
+    monkeypatch.setattr(retrofit.models.verify, "load_remote_model", lambda p, dtype, device: other)
     report = verify_llada(path)
     assert not report.ok and report.remote.startswith("MISMATCH")
 
     def broken(p, dtype, device):
         raise AttributeError("'LLaDAConfig' object has no attribute 'use_cache'")
 
-    monkeypatch.setattr(retrofit.verify, "load_remote_model", broken)
+    monkeypatch.setattr(retrofit.models.verify, "load_remote_model", broken)
     report = verify_llada(path)
     if int(transformers.__version__.split(".")[0]) >= 5:
         assert report.ok and report.remote.startswith(

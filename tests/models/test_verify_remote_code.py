@@ -19,7 +19,7 @@ import transformers
 import retrofit.models  # noqa: F401  (registers the native classes, as every retrofit verb does)
 from retrofit.cli import main
 from retrofit.models.tiny import write_tiny_llada
-from retrofit.verify import load_remote_model, verify_llada
+from retrofit.models.verify import load_remote_model, verify_llada
 
 LM_HEAD_LINE = "        logits = self.lm_head(hidden)\n"
 
