@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from transformers import TrainingArguments
 
+from retrofit.models.packed_attention import PACKED_BACKENDS
 from retrofit.training.sections import (
     TRAINING_FIELDS,
     DataRecipe,
@@ -79,6 +80,8 @@ class RetrofitTrainingArguments(TrainingArguments):
     head_learning_rate: float | None = _field("head_learning_rate")
     head_weight_decay: float | None = _field("head_weight_decay")
     save_on_interrupt: bool = _field("save_on_interrupt")
+    token_head_chunk: int = _field("token_head_chunk")
+    packed_attention: str = _field("packed_attention")
     # defaults that differ from transformers' (docs/method.md §5.1)
     lr_scheduler_type: str = _field("lr_scheduler_type")
     remove_unused_columns: bool = _field("remove_unused_columns")
@@ -97,6 +100,11 @@ class RetrofitTrainingArguments(TrainingArguments):
             setattr(self, ckpt_kwargs, {"use_reentrant": False})
         super().__post_init__()
         check_choice("training.loss", self.loss, LOSSES)
+        check_choice("training.packed_attention", self.packed_attention, ("auto", *PACKED_BACKENDS))
+        if self.token_head_chunk < 0:
+            raise ValueError(
+                f"recipe training.token_head_chunk must be >= 0 (0 = off), got {self.token_head_chunk}"
+            )
         if not self.loss_normalizer > 0:
             raise ValueError(f"recipe training.loss_normalizer must be > 0, got {self.loss_normalizer}")
         for name in ("learning_rate", "lora_learning_rate", "head_learning_rate"):

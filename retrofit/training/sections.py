@@ -45,6 +45,16 @@ TRAINING_FIELDS: dict[str, tuple[Any, str]] = {
     ),
     "head_weight_decay": (None, "weight decay of the token head group; None = weight_decay"),
     "save_on_interrupt": (True, "save a checkpoint and stop cleanly on SIGTERM / Ctrl-C"),
+    "token_head_chunk": (
+        0,
+        "mask slots per chunk of the token head + cross-entropy, recomputed in backward, so its "
+        "memory is chunk x vocab instead of N x vocab (retrofit.models.token_head); 0 = one call",
+    ),
+    "packed_attention": (
+        "auto",
+        "attention of packed rows (data.packing): auto (FlexAttention on CUDA, segments on CPU) | "
+        "segments | flex | mask (docs/method.md §3.7)",
+    ),
     # defaults that differ from transformers' (docs/method.md §5.1)
     "lr_scheduler_type": ("cosine", "HF scheduler name (docs/method.md §5.1: cosine)"),
     "remove_unused_columns": (False, "must stay False (the collator reads the raw columns)"),
@@ -131,12 +141,21 @@ class DataRecipe:
         eval: optional eval specs (loss monitoring).
         max_length: x1 length limit in tokens (the canvas width; docs/method.md §1.1 L_max).
         mixture: "concatenate" or "interleave" (weights from each spec's `weight`).
+        packing: pack each micro-batch's examples (their x_t, trimmed, plus the length slot)
+            side by side into rows, each example attending only to itself with its own t, so no
+            position is spent on padding (docs/method.md §3.7; exact: same loss and gradients).
+        pack_tokens: positions per packed row; None = one row holding the whole micro-batch
+            (at most per_device_train_batch_size x (canvas width + 1) positions). Without
+            packing, `training.train_sampling_strategy: group_by_length` (transformers'
+            length-grouped sampler) puts examples of similar length in a micro-batch instead.
     """
 
     train: list[dict[str, Any]] = field(default_factory=list)
     eval: list[dict[str, Any]] = field(default_factory=list)
     max_length: int = 1024
     mixture: str = "concatenate"
+    packing: bool = False
+    pack_tokens: int | None = None
 
     def __post_init__(self) -> None:
         if not self.train:
@@ -144,6 +163,11 @@ class DataRecipe:
         if self.max_length < 2:
             raise ValueError(f"recipe data.max_length must be >= 2, got {self.max_length}")
         check_choice("data.mixture", self.mixture, ("concatenate", "interleave"))
+        if self.pack_tokens is not None and self.pack_tokens <= self.max_length:
+            raise ValueError(
+                f"recipe data.pack_tokens={self.pack_tokens} cannot hold a full-length example "
+                f"(max_length {self.max_length} + 1 length slot): use >= {self.max_length + 1}, or null"
+            )
 
 
 @dataclass

@@ -4,8 +4,9 @@ What it changes (everything else -- DDP / DeepSpeed, gradient accumulation, clip
 schedule, tqdm progress with ETA, resume of optimizer / scheduler / RNG / data position -- is the
 Trainer's own):
 
-- `compute_loss`: the FlexMDM objective (docs/method.md §3.2-3.3) with token logits only at mask slots,
-  or the LLaDA baseline loss (docs/method.md §3.6). It returns the per-micro-batch loss
+- `compute_loss`: `retrofit.training.objective.micro_batch_loss`: the FlexMDM objective
+  (docs/method.md §3.2-3.3) with token logits only at mask slots (plain or packed rows, §3.7;
+  the token head chunked by `token_head_chunk`), or the LLaDA baseline loss (§3.6). It returns the per-micro-batch loss
   sum / (B_micro * loss_normalizer); the Trainer divides by the accumulation steps
   (`model_accepts_loss_kwargs = False`), so one optimizer step minimises the global-batch
   sum / (global batch * loss_normalizer) whatever the split into micro-batches.
@@ -29,16 +30,14 @@ import torch
 from transformers import Trainer
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
-from retrofit.loss import flexmdm_loss, mdm_loss
 from retrofit.training.callbacks import StepStats
 from retrofit.training.lora import build_param_groups
+from retrofit.training.objective import micro_batch_loss
 
 __all__ = ["STAGING_DIR", "FlexMDMTrainer"]
 
 STAGING_DIR = ".tmp-staging"
 """Checkpoints are written below `<output_dir>/.tmp-staging/` and renamed when complete."""
-
-_MODEL_KEYS = ("input_ids", "attention_mask")
 
 
 class FlexMDMTrainer(Trainer):
@@ -90,59 +89,20 @@ class FlexMDMTrainer(Trainer):
         Returns:
             float32 scalar loss (and the model output if requested).
         """
-        if self.args.loss == "mdm":
-            loss, terms, outputs = self._mdm_loss(model, inputs)
-        else:
-            loss, terms, outputs = self._flexmdm_loss(model, inputs)
+        loss, terms, outputs = micro_batch_loss(
+            model,
+            inputs,
+            self.args.loss,
+            normalizer=self.args.loss_normalizer,
+            head_chunk=self.args.token_head_chunk or None,
+            packed_backend=None if self.args.packed_attention == "auto" else self.args.packed_attention,
+        )
         if model.training:
             self._record(terms, inputs)
         return (loss, outputs) if return_outputs else loss
 
-    def _flexmdm_loss(self, model, inputs):
-        # 1. Batch from FlexMDMCollator: x_t [B, L] (trimmed), slot mask [B, L], t [B],
-        #    mask_slots/targets [B, L], gaps/gap_mask [B, L+1], weights w_u(t), w_i(t) [B].
-        mask_slots = inputs["mask_slots"].bool()  # [B, L]
-        # 2. Forward: token logits only at the N mask slots -> [N, V]; expected gaps [B, L+1].
-        outputs = model(
-            input_ids=inputs["input_ids"],
-            t=inputs["t"],
-            attention_mask=inputs["attention_mask"],
-            logits_mask=mask_slots,
-        )
-        # 3-5. ELBO weights (from the collator), unmask CE + Poisson-Bregman length terms,
-        #      each summed over the batch and divided by B * loss_normalizer (docs/method.md §3.2-3.3).
-        loss = flexmdm_loss(
-            outputs.logits,
-            inputs["targets"],
-            outputs.expected_gaps,
-            inputs["gaps"],
-            inputs["gap_mask"],
-            inputs["weight_unmask"],
-            inputs["weight_insert"],
-            normalizer=self.args.loss_normalizer,
-            mask_slots=mask_slots,
-        )
-        return loss.total, {"unmask_loss": loss.unmask, "length_loss": loss.length}, outputs
-
-    def _mdm_loss(self, model, inputs):
-        # 1. Batch from MDMCollator: x_t [B, L] (response positions masked with prob p),
-        #    targets [B, L] (-100 off the masked positions), mask_prob p [B].
-        # 2. Forward over the fixed-width canvas; token logits only at the N masked positions
-        #    -> [N, V] (the loss is zero elsewhere, so this is exact and skips most of the LM head).
-        mask_slots = inputs["mask_slots"].bool()  # [B, L]
-        outputs = model(**{k: inputs[k] for k in _MODEL_KEYS if k in inputs}, logits_mask=mask_slots)
-        # 3. sum_{masked} CE / p, divided by B * loss_normalizer (docs/method.md §3.6).
-        loss = mdm_loss(
-            outputs.logits,
-            inputs["targets"],
-            inputs["mask_prob"],
-            normalizer=self.args.loss_normalizer,
-            mask_slots=mask_slots,
-        )
-        return loss, {"unmask_loss": loss}, outputs
-
     def _record(self, terms: dict[str, torch.Tensor], inputs: dict[str, Any]) -> None:
-        batch = inputs["input_ids"].shape[0]
+        batch = inputs["t"].shape[0]  # examples (a packed batch has fewer rows than examples)
         computed = _as_float(inputs.get("num_computed_tokens"), inputs["input_ids"].numel())
         x1_tokens = _as_float(inputs.get("num_x1_tokens"), computed)
         full = batch * self.full_row_tokens if self.full_row_tokens else computed
