@@ -13,7 +13,8 @@ Trainer's own):
 - `create_optimizer`: AdamW (or `args.optim`) over the param groups of docs/method.md §2.9.
 - logging: `unmask_loss`, `length_loss` (averaged across ranks), `lr/<group>`, `tokens_per_s`,
   `computed_frac` and `slowest_rank_share` (see `retrofit.training.callbacks.StepStats`).
-- checkpoints: written into `<output_dir>/.tmp-staging/checkpoint-N`, completed with the
+- checkpoints (`AtomicCheckpoints`, a callback: no private Trainer method is overridden):
+  written into `<output_dir>/.tmp-staging/checkpoint-N`, completed with the
   `retrofit_checkpoint.json` manifest (which records the world size and ZeRO stage), then
   renamed to `<output_dir>/checkpoint-N` (atomic); the last `save_total_limit` are kept.
 - on CPU, `dataloader_pin_memory` is turned off (pinning needs an accelerator; torch warns).
@@ -24,17 +25,19 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import Trainer
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
+from transformers import Trainer, TrainerCallback
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from retrofit.training.callbacks import StepStats
 from retrofit.training.lora import build_param_groups
 from retrofit.training.objective import micro_batch_loss
 
-__all__ = ["STAGING_DIR", "FlexMDMTrainer"]
+__all__ = ["STAGING_DIR", "AtomicCheckpoints", "FlexMDMTrainer", "rotate_checkpoints"]
 
 STAGING_DIR = ".tmp-staging"
 """Checkpoints are written below `<output_dir>/.tmp-staging/` and renamed when complete."""
@@ -51,6 +54,17 @@ class FlexMDMTrainer(Trainer):
             canvas width for MDM), the denominator of `computed_frac`.
         eval_data_collator: collator of the eval set (own instance: evaluation must not advance
             the training collator's time-band counter); None = the training collator.
+
+    Checkpoints are atomic through a callback, `AtomicCheckpoints`, added last: it points the
+    public `args.output_dir` at `<output_dir>/.tmp-staging` for each save, and in `on_save`
+    (after every rank has written its files) adds the manifest and renames the folder into
+    place. No private Trainer method is overridden (they were `_save_checkpoint` and
+    `_get_output_dir`, the first things to break on an upgrade). Completing the checkpoint in
+    place in `on_save` alone would be simpler, but `checkpoint-N` would then exist before its
+    manifest: a job killed during the save (SIGTERM, then SIGKILL at the end of the grace time)
+    would leave a newest folder that `resume_from_checkpoint=auto` refuses, instead of one it
+    never sees, and the Trainer's own `save_total_limit` rotation (run before `on_save`) could
+    delete the last complete checkpoint first.
     """
 
     def __init__(
@@ -73,7 +87,13 @@ class FlexMDMTrainer(Trainer):
         self.manifest_info = manifest_info
         self.full_row_tokens = int(full_row_tokens)
         self.step_stats = StepStats()
-        self._staging: str | None = None
+        # added last: it must see every other callback's save decision of a step
+        self.add_callback(
+            AtomicCheckpoints(
+                self._write_manifest if manifest_info is not None else None,
+                self.accelerator.wait_for_everyone,
+            )
+        )
 
     # ------------------------------------------------------------------ loss
 
@@ -156,45 +176,123 @@ class FlexMDMTrainer(Trainer):
         stage = self.accelerator.state.deepspeed_plugin.zero_stage if self.is_deepspeed_enabled else None
         return {"world_size": int(self.accelerator.num_processes), "zero_stage": stage}
 
-    def _get_output_dir(self, trial) -> str:
-        return self._staging if self._staging is not None else super()._get_output_dir(trial)
+    def _write_manifest(self, folder: str, step: int) -> None:
+        from retrofit.training.checkpoint import write_manifest
 
-    def _save_checkpoint(self, model, trial) -> None:
-        """Write checkpoint-N in a staging folder, add the manifest, rename, rotate."""
-        run_dir = super()._get_output_dir(trial)
-        name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
-        staging = os.path.join(run_dir, STAGING_DIR)
-        staged, final = os.path.join(staging, name), os.path.join(run_dir, name)
-        if self.args.should_save and os.path.exists(staged):
-            shutil.rmtree(staged)  # left over by an interrupted save
-        self.accelerator.wait_for_everyone()
-        self._staging = staging
-        try:
-            super()._save_checkpoint(model, trial)
-        finally:
-            self._staging = None
-        self.accelerator.wait_for_everyone()
-        if self.args.should_save:
-            self._finish_checkpoint(staged, final, run_dir)
-        self.accelerator.wait_for_everyone()
+        write_manifest(folder, step=step, parallelism=self.parallelism(), **self.manifest_info)
 
-    def _finish_checkpoint(self, staged: str, final: str, run_dir: str) -> None:
-        if self.manifest_info is not None:
-            from retrofit.training.checkpoint import write_manifest
 
-            write_manifest(
-                staged, step=self.state.global_step, parallelism=self.parallelism(), **self.manifest_info
+class AtomicCheckpoints(TrainerCallback):
+    """Make each `<output_dir>/checkpoint-N` appear complete, with its manifest, or not at all.
+
+    Public mechanisms only (no private `Trainer` method is overridden): the Trainer writes a
+    checkpoint below `args.output_dir`, read at each save, and calls `on_save` on every rank
+    once all of its files are written. So, on every rank:
+
+    - `on_step_end` / `on_epoch_end` (added last, so they see the final `control.should_save`):
+      when this step saves, the main process clears `<output_dir>/.tmp-staging/` (anything
+      there is an interrupted save), all ranks meet, and `args.output_dir` is pointed at the
+      staging folder for this save only;
+    - the Trainer writes `.tmp-staging/checkpoint-N` (each rank its own files: ZeRO shards, RNG
+      state); its own `save_total_limit` rotation finds only that folder there and deletes nothing;
+    - `on_save`: `args.output_dir` is restored; after a barrier the main process writes the
+      manifest (`write_manifest(folder, step)`), renames the folder to `<output_dir>/checkpoint-N`
+      (`os.replace`: atomic on one file system; an older folder of the same step is removed
+      first) and keeps the newest `args.save_total_limit` checkpoint folders; a second barrier
+      holds the other ranks until the folder is in place.
+
+    A process killed at any point leaves either no `checkpoint-N` or a complete one, so
+    `resume_from_checkpoint=auto` (the newest `checkpoint-N`) falls back to the previous
+    checkpoint. A save this callback did not see coming (`save_strategy="best"`, whose decision
+    follows the evaluation, or a callback added after this one) is written in place; `on_save`
+    then only adds the manifest, and readers, which require it, refuse the folder until then.
+
+    Args:
+        write_manifest: `(folder, step) -> None`, writes `retrofit_checkpoint.json` into the
+            finished folder; None = no manifest (tests of the Trainer alone).
+        barrier: waits for every rank (`accelerator.wait_for_everyone`).
+    """
+
+    def __init__(self, write_manifest: Callable[[str, int], None] | None, barrier: Callable[[], None]):
+        self.write_manifest = write_manifest
+        self.barrier = barrier
+        self.run_dir: str | None = None  # the real output_dir while a save is staged
+
+    def _stage(self, args, control):
+        if control.should_save and self.run_dir is None:
+            staging = os.path.join(args.output_dir, STAGING_DIR)
+            if args.should_save and os.path.exists(staging):
+                shutil.rmtree(staging)  # left over by an interrupted save
+            self.barrier()
+            self.run_dir, args.output_dir = args.output_dir, staging
+        return control
+
+    def on_step_end(self, args, state, control, **kwargs):
+        return self._stage(args, control)
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        return self._stage(args, control)
+
+    def on_save(self, args, state, control, **kwargs):
+        name = f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
+        if self.run_dir is None:  # written in place (see the class docstring)
+            staged = final = os.path.join(args.output_dir, name)
+        else:
+            args.output_dir, self.run_dir = self.run_dir, None
+            staged, final = (
+                os.path.join(args.output_dir, STAGING_DIR, name),
+                os.path.join(args.output_dir, name),
             )
-        if os.path.exists(final):  # same step saved again (e.g. interrupt right after a save)
-            shutil.rmtree(final)
-        os.replace(staged, final)
-        with contextlib.suppress(OSError):  # leave no empty staging folder behind
-            os.rmdir(os.path.dirname(staged))
-        rotate_checkpoints(
-            output_dir=run_dir,
-            save_total_limit=self.args.save_total_limit,
-            best_model_checkpoint=self.state.best_model_checkpoint,
-        )
+        self.barrier()  # every rank has written its files
+        if args.should_save:
+            self._publish(staged, final, state.global_step, args.save_total_limit)
+        self.barrier()
+        return control
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.run_dir is not None:  # staged, then not saved (save_strategy="best": no new best)
+            args.output_dir, self.run_dir = self.run_dir, None
+        return control
+
+    def _publish(self, staged: str, final: str, step: int, keep: int | None) -> None:
+        if not os.path.isdir(staged):
+            raise RuntimeError(
+                f"{staged}: the Trainer did not write checkpoint-{step} there; this transformers version "
+                "does not save below args.output_dir as read at save time, which retrofit's atomic "
+                "checkpoints need (retrofit.training.trainer.AtomicCheckpoints)"
+            )
+        if self.write_manifest is not None:
+            self.write_manifest(staged, step)
+        if staged != final:
+            if os.path.exists(final):  # same step saved again (e.g. a resumed run)
+                shutil.rmtree(final)
+            os.replace(staged, final)
+            with contextlib.suppress(OSError):  # leave no empty staging folder behind
+                os.rmdir(os.path.dirname(staged))
+        rotate_checkpoints(os.path.dirname(final), keep)
+
+
+def rotate_checkpoints(run_dir: str, keep: int | None) -> list[str]:
+    """Delete all but the newest `keep` `checkpoint-N` folders of `run_dir` (by step N).
+
+    Args:
+        run_dir: the run's output_dir.
+        keep: how many to keep (`save_total_limit`); None or <= 0 keeps all.
+
+    Returns:
+        the deleted folders, oldest first.
+    """
+    if not keep or keep <= 0:
+        return []
+    steps = sorted(
+        (int(p.name.split("-", 1)[1]), p)
+        for p in Path(run_dir).glob(f"{PREFIX_CHECKPOINT_DIR}-*")
+        if p.is_dir() and p.name.split("-", 1)[1].isdigit()
+    )
+    old = [str(p) for _, p in steps[:-keep]]
+    for path in old:
+        shutil.rmtree(path)
+    return old
 
 
 def _as_float(value: Any, default: float) -> float:
