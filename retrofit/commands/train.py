@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import math
 import textwrap
 from pathlib import Path
@@ -146,11 +145,13 @@ def dry_run(recipe: Any, world_size: int = 1) -> str:
     """
     from retrofit.training.lora import trainable_report
     from retrofit.training.memory import estimate_memory, format_estimates
+    from retrofit.training.model_builder import inner_config
 
     t = recipe.training
     model, backbone, note = _meta_model(recipe)
     report = trainable_report(model)
-    width = model.config.canvas_width if hasattr(model.config, "canvas_width") else recipe.data.max_length
+    config = inner_config(model)
+    width = config.canvas_width if hasattr(config, "canvas_width") else recipe.data.max_length
     seq = width + (1 if recipe.training.loss == "flexmdm" else 0)
     global_batch = t.per_device_train_batch_size * t.gradient_accumulation_steps * world_size
     steps, step_note = _steps(recipe, global_batch)
@@ -191,46 +192,24 @@ def dry_run(recipe: Any, world_size: int = 1) -> str:
 
 
 def _meta_model(recipe: Any) -> tuple[Any, Any, str]:
-    """(wrapped model on meta, backbone LLaDAConfig, note on where the config came from)."""
-    import torch
+    """(model on meta, backbone LLaDAConfig, note on where the config came from).
 
-    from retrofit.models.llada import LLaDAConfig, LLaDAModelLM
-    from retrofit.models.loading import looks_like_path, refuse_training_checkpoint, resolve_model_dir
-    from retrofit.train import _graft_kwargs
-    from retrofit.training.lora import wrap_with_lora
+    The model comes from the run's own builder (`retrofit.training.model_builder.build_model`)
+    with `meta=True`: the same base handling, graft, LoRA wrapping and checks, no weights.
+    """
+    from retrofit.models.loading import looks_like_path
+    from retrofit.training.model_builder import build_model, inner_config, resolve_local
 
     base = str(recipe.model.base)
-    config_file = Path("(a Hub id: not read in a dry run)")
+    note = "(not a local folder: LLaDA-8B defaults of LLaDAConfig)"
     if Path(base).expanduser().exists() or looks_like_path(base):  # a local path: the same advice as a run
-        folder = resolve_model_dir(base, field="model.base")
-        refuse_training_checkpoint(folder, field="model.base")
-        config_file = Path(folder) / "config.json"
-    saved = json.loads(config_file.read_text()) if config_file.is_file() else None
-    grafted = saved is not None and saved.get("model_type") == "flexmdm"  # a `retrofit graft` folder
-    if saved is None:
-        config, note = LLaDAConfig(), "(not a local folder: LLaDA-8B defaults of LLaDAConfig)"
-    else:  # a grafted folder keeps its backbone's config under "backbone"
-        config = LLaDAConfig.from_dict(saved["backbone"] if grafted else saved)
-        note = "(config.json read; no weights)"
-    with torch.device("meta"):
-        to_save: list[str] = []
-        if recipe.training.loss == "flexmdm":
-            from retrofit.models.flexmdm import FlexMDMConfig, FlexMDMModel
-
-            if grafted:  # as the run loads it: FlexMDMModel.from_pretrained(base)
-                model = FlexMDMModel(FlexMDMConfig.from_dict(saved))
-            else:
-                model = FlexMDMModel.from_llada(
-                    LLaDAModelLM(config), **_graft_kwargs(recipe, recipe.data.max_length)
-                )
-            to_save = model.new_module_names()
-        else:
-            model = LLaDAModelLM(config)
-        if recipe.mode == "pretrain":
-            return model.requires_grad_(True), config, note
-        wrapped = wrap_with_lora(model, recipe.lora, to_save)
-    wrapped.config = model.config
-    return wrapped, config, note
+        base = resolve_local(base)
+        if (Path(base) / "config.json").is_file():
+            note = "(config.json read; no weights)"
+    model, _ = build_model(recipe, base, recipe.data.max_length, meta=True)
+    config = inner_config(model)
+    backbone = config.backbone_config if config.model_type == "flexmdm" else config
+    return model, backbone, note
 
 
 def _steps(recipe: Any, global_batch: int) -> tuple[int | str, str]:

@@ -10,9 +10,7 @@ settings, the recipe, the step, the world size and ZeRO stage it was saved with 
 checkpoint resumes only under the same world size), and the sha256 of every file in the folder. It is written last,
 atomically, with `"complete": true`; a folder without it is an unfinished checkpoint.
 
-Resume: `resolve_resume` picks the checkpoint (`auto` = newest complete one) and refuses a
-corrupt one; `check_resume_parallelism` refuses a ZeRO checkpoint under another world size;
-`describe_resume` is the line `retrofit train` prints about the choice.
+Choosing and checking the checkpoint a run resumes from is `retrofit.training.resume`.
 
 Call `write_manifest` on the main process only, after every rank has finished writing (after
 the Trainer's save and a barrier), because it hashes every file in the folder.
@@ -97,7 +95,7 @@ def write_manifest(
         extra: optional additional JSON-serialisable fields (stored under "extra").
         parallelism: how the run was laid out, {"world_size": int, "zero_stage": int | None}
             (None stage = no DeepSpeed); resume refuses a ZeRO checkpoint under another world
-            size (`check_resume_parallelism`).
+            size (`retrofit.training.resume.check_resume_parallelism`).
 
     Returns:
         Path of the manifest.
@@ -239,109 +237,3 @@ def check_base(manifest: dict, base_dir: str | os.PathLike) -> list[str]:
             f"{base_dir}: weight files {have['weights']} differ from the recorded {want.get('weights')}"
         )
     return problems
-
-
-def saved_parallelism(checkpoint_dir: str | os.PathLike) -> tuple[int | None, int | None]:
-    """(world size, ZeRO stage) a checkpoint was saved with.
-
-    Read from the manifest's `parallelism`; for checkpoints written before it was recorded, the
-    world size is the number of DeepSpeed per-rank optimizer shards
-    (`global_step*/*zero_pp_rank_<r>_mp_rank_00_optim_states.pt`) and the stage is unknown (None).
-
-    Returns:
-        (world size or None if unknown, ZeRO stage or None for no DeepSpeed / unknown).
-    """
-    ckpt = Path(checkpoint_dir)
-    try:
-        recorded = read_manifest(ckpt).get("parallelism") or {}
-    except CheckpointError:
-        recorded = {}
-    if recorded.get("world_size") is not None:
-        stage = recorded.get("zero_stage")
-        return int(recorded["world_size"]), (int(stage) if stage is not None else None)
-    ranks = {
-        p.name.split("zero_pp_rank_")[1].split("_")[0] for p in ckpt.glob("global_step*/*optim_states.pt")
-    }
-    return (len(ranks) or None), None
-
-
-def check_resume_parallelism(
-    checkpoint_dir: str | os.PathLike, world_size: int, zero_stage: int | None
-) -> None:
-    """Refuse to resume a DeepSpeed ZeRO checkpoint under another number of processes.
-
-    ZeRO splits the optimizer state (Adam moments, fp32 master weights) into one shard per
-    process. Resumed by a different number of processes -- or without DeepSpeed -- the Trainer
-    restores the weights but silently starts the optimizer afresh. Checkpoints without ZeRO
-    shards (one process, DDP) hold the whole optimizer state and resume under any world size.
-
-    Args:
-        checkpoint_dir: the checkpoint to resume from.
-        world_size: processes of this run.
-        zero_stage: this run's DeepSpeed ZeRO stage; None when it does not use DeepSpeed.
-
-    Raises:
-        CheckpointError: naming both world sizes and the two ways forward (resume with the
-            saved number of processes, or `model.init_from` for a new run from its weights).
-    """
-    ckpt = Path(checkpoint_dir)
-    saved_size, saved_stage = saved_parallelism(ckpt)
-    zero_saved = saved_stage is not None or any(p.is_dir() for p in ckpt.glob("global_step*"))
-    if not zero_saved or saved_size is None:
-        return
-    if zero_stage is not None and saved_size == world_size:
-        return
-    stage = f"ZeRO-{saved_stage}" if saved_stage is not None else "ZeRO"
-    now = f"{world_size} process(es)" + (
-        " without DeepSpeed" if zero_stage is None else f" (ZeRO-{zero_stage})"
-    )
-    raise CheckpointError(
-        f"refusing to resume from {ckpt}: it was saved by {saved_size} process(es) under DeepSpeed {stage}, "
-        f"and this run has {now}. ZeRO keeps one optimizer shard per process, so the weights would be "
-        "restored but the optimizer state and its step counter silently reset. Either resume with "
-        f"{saved_size} processes (accelerate launch --num_processes {saved_size} with the same DeepSpeed "
-        f"config), or start a new run from its trained weights: model.init_from={ckpt} (LoRA stages; "
-        "fresh optimizer and LR schedule, training.resume_from_checkpoint unset)"
-    )
-
-
-def resolve_resume(value: str | None, output_dir: str) -> str | None:
-    """Checkpoint to resume from: None, `auto` (newest in output_dir, or None) or a path.
-
-    Raises:
-        CheckpointError: the checkpoint is incomplete or corrupt (message lists the problems).
-    """
-    from transformers.trainer_utils import get_last_checkpoint
-
-    if value in (None, "", "none", "None"):
-        return None
-    if value == "auto":
-        value = get_last_checkpoint(output_dir) if Path(output_dir).is_dir() else None
-        if value is None:
-            return None
-    problems = verify_checkpoint(value, check_hashes=True)
-    if problems:
-        raise CheckpointError(
-            f"refusing to resume from {value}: it is incomplete or corrupt ("
-            + "; ".join(problems)
-            + "). Delete it or pass an earlier checkpoint as training.resume_from_checkpoint=PATH."
-        )
-    return str(value)
-
-
-def describe_resume(value: str | None, resume: str | None, output_dir: str) -> str | None:
-    """One line saying which checkpoint training resumes from, or that `auto` found none.
-
-    Returns:
-        the line, or None when no resume was asked for.
-    """
-    if resume is None:
-        if value == "auto":
-            return f"training.resume_from_checkpoint=auto: no checkpoint in {output_dir}; starting fresh"
-        return None
-    how = (
-        "the newest complete checkpoint, picked by training.resume_from_checkpoint=auto"
-        if value == "auto"
-        else "training.resume_from_checkpoint"
-    )
-    return f"resuming from {resume} ({how})"

@@ -25,9 +25,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from retrofit.train import build_model, resolve_resume, run_training
+from retrofit.train import run_training
 from retrofit.training.checkpoint import CheckpointError, verify_checkpoint
+from retrofit.training.model_builder import build_model
 from retrofit.training.recipe import load_recipe
+from retrofit.training.resume import resolve_resume
 from retrofit.training.trainer import STAGING_DIR, FlexMDMTrainer
 
 REPO = Path(__file__).resolve().parents[2]
@@ -180,7 +182,7 @@ def test_init_from_continues_or_merges_an_earlier_stage(straight_run, tiny_base,
         recipe = tiny_recipe(
             tiny_base, count_data, tmp_path / mode, f"model.init_from={ckpt}", f"model.init_lora={mode}"
         )
-        model, info = build_model(recipe, str(tiny_base), tokenizer=None)
+        model, info = build_model(recipe, str(tiny_base), recipe.data.max_length)
         state = {
             k.replace(".default", "").replace(".modules_to_save", ""): v
             for k, v in model.state_dict().items()
@@ -256,4 +258,4 @@ def test_grafted_folder_as_base_equals_grafting_in_the_trainer(straight_run, tin
 
     bad = tiny_recipe(grafted, count_data, tmp_path / "bad", "objective.insertion_schedule=linear")
     with pytest.raises(ValueError, match="objective.insertion_schedule"):
-        build_model(bad, str(grafted), tokenizer=None)
+        build_model(bad, str(grafted), bad.data.max_length)

@@ -24,15 +24,11 @@ from pathlib import Path
 
 import pytest
 
-from retrofit.train import resolve_local, run_training
-from retrofit.training.checkpoint import (
-    CheckpointError,
-    check_resume_parallelism,
-    read_manifest,
-    saved_parallelism,
-    write_manifest,
-)
+from retrofit.train import run_training
+from retrofit.training.checkpoint import CheckpointError, read_manifest, write_manifest
+from retrofit.training.model_builder import resolve_local
 from retrofit.training.recipe import load_recipe
+from retrofit.training.resume import check_resume_parallelism, saved_parallelism
 
 REPO = Path(__file__).resolve().parents[2]
 NOISE = (
