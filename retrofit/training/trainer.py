@@ -201,6 +201,10 @@ class AtomicCheckpoints(TrainerCallback):
       first) and keeps the newest `args.save_total_limit` checkpoint folders; a second barrier
       holds the other ranks until the folder is in place.
 
+    The step training stops at is always saved (unless `save_strategy="no"`): the Trainer itself
+    does so only for `save_strategy="steps"` at `max_steps` and at epoch ends, not when a callback
+    stops training early; an epoch end right after that save does not save the step again.
+
     A process killed at any point leaves either no `checkpoint-N` or a complete one, so
     `resume_from_checkpoint=auto` (the newest `checkpoint-N`) falls back to the previous
     checkpoint. A save this callback did not see coming (`save_strategy="best"`, whose decision
@@ -217,6 +221,7 @@ class AtomicCheckpoints(TrainerCallback):
         self.write_manifest = write_manifest
         self.barrier = barrier
         self.run_dir: str | None = None  # the real output_dir while a save is staged
+        self.saved_step = -1
 
     def _stage(self, args, control):
         if control.should_save and self.run_dir is None:
@@ -228,9 +233,13 @@ class AtomicCheckpoints(TrainerCallback):
         return control
 
     def on_step_end(self, args, state, control, **kwargs):
+        if control.should_training_stop and args.save_strategy != "no":
+            control.should_save = True  # the last step is always saved (the run's result)
         return self._stage(args, control)
 
     def on_epoch_end(self, args, state, control, **kwargs):
+        if control.should_save and state.global_step == self.saved_step:
+            control.should_save = False  # this step's end has just saved it
         return self._stage(args, control)
 
     def on_save(self, args, state, control, **kwargs):
@@ -247,6 +256,7 @@ class AtomicCheckpoints(TrainerCallback):
         if args.should_save:
             self._publish(staged, final, state.global_step, args.save_total_limit)
         self.barrier()
+        self.saved_step = state.global_step
         return control
 
     def on_train_end(self, args, state, control, **kwargs):
