@@ -11,7 +11,8 @@ Resume: `training.resume_from_checkpoint=auto` continues from the newest complet
 `output_dir` (or starts fresh; either way the choice is printed), a path resumes from that
 checkpoint; either is refused with a message if the checkpoint's manifest is missing or does not
 match its files, or if a DeepSpeed ZeRO checkpoint was saved by another number of processes
-(`retrofit.training.resume`). The run ends by printing the final checkpoint and the `retrofit export` command for it.
+(`retrofit.training.resume`). The run ends by printing the final checkpoint and the
+`retrofit export` command for it.
 """
 
 from __future__ import annotations
