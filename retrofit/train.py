@@ -193,15 +193,13 @@ def build_collator(recipe: Recipe, model: torch.nn.Module, tokenizer: Any, args:
 
 
 def _save_final(trainer: Any, recipe: Recipe, tokenizer: Any, base: str) -> Path | None:
-    """Save the last step as a checkpoint (if not saved yet); pretraining also writes `final/`.
+    """The last step's checkpoint (the trainer saves the step training stops at:
+    `retrofit.training.trainer.AtomicCheckpoints`); pretraining also writes `final/`.
 
     Returns:
         the final checkpoint folder, or None when none exists (`save_strategy: no`, no step run).
     """
-    step = trainer.state.global_step
-    last = Path(recipe.training.output_dir) / f"checkpoint-{step}"
-    if step > 0 and not last.is_dir() and trainer.args.save_strategy != "no":
-        trainer._save_checkpoint(trainer.model_wrapped, trial=None)
+    last = Path(recipe.training.output_dir) / f"checkpoint-{trainer.state.global_step}"
     if recipe.mode == "pretrain":
         save_final_folder(trainer, tokenizer, Path(recipe.training.output_dir) / "final")
     return last if last.is_dir() else None
