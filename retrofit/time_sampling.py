@@ -94,15 +94,21 @@ def banded_strata(
 
     The N = G * W * B strata of [0, 1) are cut into G contiguous bands of W * B strata. Micro-step k
     gets band b = band_order(G)[k] (or b = k without shuffling), the same on every rank; inside the
-    band the ranks are interleaved: stratum = b * (W * B) + i * W + rank, i = 0..B-1. Over the
-    optimizer step the strata are exactly 0..N-1 once each, as in plain stratified sampling of the
-    global batch, while each micro-step covers one band of t (similar t -> similar canvas widths).
+    band the ranks are interleaved in serpentine order: stratum = b * (W * B) + i * W + r_i with
+    r_i = rank for even i and W - 1 - rank for odd i (i = 0..B-1). Over the optimizer step the
+    strata are exactly 0..N-1 once each, as in plain stratified sampling of the global batch, while
+    each micro-step covers one band of t (similar t -> similar canvas widths). The serpentine order
+    gives every rank the same sum of stratum indices (B even), so ranks get equally long x_t on
+    average and a packed micro-step does not wait for a rank that always draws the latest t
+    (docs/method.md §3.5, §3.7); with W = 1 it is the plain order.
     """
     _check_ranks(micro_batch, world_size, rank)
     if not 0 <= micro_step < num_micro_steps:
         raise ValueError(f"banded_strata: micro_step must be in [0, {num_micro_steps}), got {micro_step}")
     band = int(band_order(num_micro_steps, seed=seed, step=step)[micro_step]) if shuffle_bands else micro_step
-    return band * world_size * micro_batch + torch.arange(micro_batch) * world_size + rank
+    row = torch.arange(micro_batch)
+    slot = torch.where(row % 2 == 0, rank, world_size - 1 - rank)
+    return band * world_size * micro_batch + row * world_size + slot
 
 
 def banded_times(

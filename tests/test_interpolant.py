@@ -317,6 +317,17 @@ def test_banded_times_cover_the_global_strata_once() -> None:
     assert len({tuple(t.tolist()) for t in all_t}) == G * W  # ranks / micro-steps draw their own u
 
 
+def test_banded_strata_give_every_rank_the_same_stratum_sum() -> None:
+    """Serpentine interleaving: with B even, each rank's strata of a micro-step sum to the same
+    value (ranks get equally late t on average; docs/method.md §3.7); W = 1 keeps 0..B-1."""
+    G, W, b = 2, 16, 4
+    for k in range(G):
+        sums = {int(banded_strata(G, b, W, r, k, seed=3).sum()) for r in range(W)}
+        assert len(sums) == 1
+    assert banded_strata(1, 4, 1, 0, 0).tolist() == [0, 1, 2, 3]
+    assert banded_strata(1, 3, 4, 1, 0, shuffle_bands=False).tolist() == [1, 6, 9]
+
+
 def test_band_order_is_shared_and_seeded() -> None:
     first = band_order(8, seed=1, step=0)
     assert torch.equal(first, band_order(8, seed=1, step=0))

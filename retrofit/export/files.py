@@ -78,7 +78,7 @@ def find_modeling_code(auto_map: dict | None, candidates: list[Path]) -> Modelin
             continue
         files = list(names)
         for name in names:
-            for extra in get_relative_import_files(str(folder / name)):
+            for extra in sorted(get_relative_import_files(str(folder / name))):
                 rel = Path(extra).resolve().relative_to(folder.resolve()).as_posix()
                 if rel not in files:
                     files.append(rel)

@@ -26,8 +26,10 @@ from retrofit.training.checkpoint import write_manifest
 CODE_FILES = [
     "configuration_llada.py",
     "modeling_llada.py",
+    "packed_attention.py",
     "prefix_cache.py",
-]  # modeling imports prefix_cache
+    "token_head.py",
+]  # modeling imports prefix_cache, packed_attention and token_head
 # Runs without importing retrofit, as a user of the exported folder would.
 LOAD_WITHOUT_RETROFIT = """
 import sys, torch
