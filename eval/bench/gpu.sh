@@ -12,6 +12,9 @@
 #   4. fast sampling on the GSM8K shape (random weights, 900-token prompts, 256 generated), FlexMDM
 #      and LLaDA: exact 256 steps vs 64 steps + unmask threshold 0.9 + prompt cache (refresh 4):
 #      trunk FLOPs, wall-time ratio, token agreement (of an untrained model).
+#   5. the token head (LM head + float32 CE at the masked slots, ELBO-weighted) at the LLaDA-8B
+#      shape: head [126464, 4096] bf16, N = 30 % of BATCH x CANVAS slots (1229): peak memory and
+#      time of forward + backward, plain vs chunks of $HEAD_CHUNKS slots (#15 item 3).
 # Reports x1 tokens/s/GPU, peak memory per variant (its resident weights + optimizer state + the
 # transient peak of its step, from torch.cuda.max_memory_allocated; variants are interleaved) and
 #   MFU = 4 * (N_trunk * positions + N_head * logit_rows) / (step time * 989e12)
@@ -20,7 +23,9 @@
 # parameters, LM head only at the masked slots; 989 TFLOP/s = H100/H200 bf16 dense peak;
 # attention-score FLOPs are not counted. JSON per run in OUT_DIR.
 #
-# Knobs (env): LAYERS=8 CANVAS=1024 BATCH=4 ACCUM=4 REPEATS=5 STEPS=64 PYTHON=python.
+# Knobs (env): LAYERS=8 CANVAS=1024 BATCH=4 ACCUM=4 REPEATS=5 STEPS=64 PYTHON=python;
+#   token head: HEAD_SLOTS (default 30 % of BATCH x CANVAS), HEAD_VOCAB / HEAD_DMODEL / HEAD_CHUNKS
+#   (SIZE=8b: 126464 / 4096 / "256 512 1024"; else a small shape 512 / 64 / "16 32").
 # Dry run without a GPU: DEVICE=cpu SIZE=tiny DTYPE=fp32 CANVAS=64 STEPS=8 bash eval/bench/gpu.sh
 set -euo pipefail
 
@@ -83,6 +88,16 @@ for KIND in flexmdm llada; do
   "$PY" -m retrofit.bench sample --workload gsm8k --kind "$KIND" "${MODEL[@]}" --prompts 4 \
     --settings exact-256 fast-64 --out "$OUT" --name "workload-$KIND-$SIZE"
 done
+
+if [ "$SIZE" = 8b ]; then HEAD_DEFAULTS=(126464 4096 "256 512 1024"); else HEAD_DEFAULTS=(512 64 "16 32"); fi
+HEAD_SLOTS=${HEAD_SLOTS:-$(((BATCH * CANVAS * 3 + 5) / 10))}
+HEAD_VOCAB=${HEAD_VOCAB:-${HEAD_DEFAULTS[0]}}
+HEAD_DMODEL=${HEAD_DMODEL:-${HEAD_DEFAULTS[1]}}
+HEAD_CHUNKS=${HEAD_CHUNKS:-${HEAD_DEFAULTS[2]}}
+say "token head: $HEAD_SLOTS slots x vocab $HEAD_VOCAB (d_model $HEAD_DMODEL), plain vs chunks $HEAD_CHUNKS"
+# shellcheck disable=SC2086  # HEAD_CHUNKS is a list of numbers
+"$PY" -m retrofit.bench token-head --device "$DEVICE" --dtype "$DTYPE" --slots "$HEAD_SLOTS" --vocab "$HEAD_VOCAB" \
+  --d-model "$HEAD_DMODEL" --chunks $HEAD_CHUNKS --warmup 1 --repeats "$REPEATS" --out "$OUT" --name "token-head-$SIZE"
 
 say "summary (x1 tokens/s/GPU, MFU, peak memory)"
 "$PY" - "$OUT" <<'PY'

@@ -1,4 +1,4 @@
-"""`retrofit bench all|train-step|sample|interpolant [options] [--out bench-out]` (issue #9).
+"""`retrofit bench all|train-step|sample|interpolant|token-head [options] [--out bench-out]` (issue #9).
 
 Every benchmark prints a table and writes ``<out>/<name>.json`` (machine, options, timings:
 median and spread over the repeats, throughput, peak memory). ``all`` is what `make bench` runs:
@@ -8,6 +8,7 @@ the CPU suite (collator, tiny sampler, ~100M-parameter training step in two leng
     retrofit bench train-step --size 100m --canvas 512 --lengths full --batch 4 --accum 8
     retrofit bench sample --size tiny --steps 64
     retrofit bench interpolant --batch 64 --canvas 1024
+    retrofit bench token-head --device cuda --dtype bf16 --chunks 256 512 1024
 """
 
 from __future__ import annotations
@@ -96,8 +97,30 @@ def _interpolant_args(p: argparse.ArgumentParser) -> None:
     _common(p, "interpolant")
 
 
+def _token_head_args(p: argparse.ArgumentParser) -> None:
+    # defaults = retrofit.bench.token_head.TokenHeadOptions (literal here: --help imports no torch)
+    p.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1 ...")
+    p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="head weight and states dtype")
+    p.add_argument("--slots", type=int, default=1229,
+                   help="N: masked slots (default 1229, ~30%% of 4 x 1024 positions)")  # fmt: skip
+    p.add_argument(
+        "--vocab", type=int, default=126_464, help="V: vocabulary size (default LLaDA-8B's 126464)"
+    )
+    p.add_argument("--d-model", type=int, default=4096, help="D: hidden size (default LLaDA-8B's 4096)")
+    p.add_argument("--chunks", type=int, nargs="+", default=[256, 512, 1024],
+                   help="slots per chunk of the chunked variants (the plain path, chunk 0, always runs first)")  # fmt: skip
+    p.add_argument("--head-grad", action="store_true",
+                   help="also the head weight's gradient (default: frozen base head, as under LoRA)")  # fmt: skip
+    p.add_argument("--warmup", type=int, default=1, help="untimed calls per variant")
+    p.add_argument(
+        "--repeats", type=int, default=3, help="timed calls per variant (median and spread reported)"
+    )
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: unchanged)")
+    _common(p, "token-head")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Sub-commands all / train-step / sample / interpolant with their options."""
+    """Sub-commands all / train-step / sample / interpolant / token-head with their options."""
     sub = parser.add_subparsers(dest="benchmark", required=True, metavar="BENCHMARK")
     p_all = sub.add_parser("all", help="the CPU suite of `make bench` (< 10 min on 2 cores)")
     p_all.add_argument("--out", default="bench-out", help="folder of the JSON results")
@@ -105,6 +128,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     _train_step_args(sub.add_parser("train-step", help="training step: x1 tokens/s, peak memory, ratios"))
     _sample_args(sub.add_parser("sample", help="sampler: samples/s, forward passes, FlexMDM vs LLaDA"))
     _interpolant_args(sub.add_parser("interpolant", help="collator throughput vs a GPU step's need"))
+    _token_head_args(
+        sub.add_parser(
+            "token-head", help="LM head + CE at the masked slots: peak memory, time, plain vs chunked"
+        )
+    )
 
 
 def _options(cls: type, args: argparse.Namespace, **renamed: Any) -> Any:
@@ -124,6 +152,10 @@ def run_one(args: argparse.Namespace) -> dict[str, Any]:
             TrainStepOptions, args, grad_ckpt=args.grad_ckpt == "on", variants=tuple(args.variants)
         )
         return run_train_step(opts)
+    if args.benchmark == "token-head":
+        from retrofit.bench.token_head import TokenHeadOptions, run_token_head
+
+        return run_token_head(_options(TokenHeadOptions, args, chunks=tuple(args.chunks)))
     if args.benchmark == "sample" and args.workload:
         from retrofit.bench.sample_settings import SETTINGS, chosen_settings
         from retrofit.bench.sample_workload import run_workload
@@ -155,7 +187,12 @@ def run(args: argparse.Namespace) -> int:
         run_all(Path(args.out), quick=args.quick)
     else:
         payload = run_one(args)
-        print_payload(payload)
+        if args.benchmark == "token-head":  # its table is not in retrofit.bench.report.COLUMNS
+            from retrofit.bench.token_head import print_token_head
+
+            print_token_head(payload)
+        else:
+            print_payload(payload)
         path = write_json(Path(args.out) / f"{args.name}.json", payload)
         print(f"wrote {path}")
     print(f"bench {args.benchmark}: {time.perf_counter() - start:.0f} s")
