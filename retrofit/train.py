@@ -176,7 +176,14 @@ def build_collator(recipe: Recipe, model: torch.nn.Module, tokenizer: Any, args:
         "rank": args.process_index,
         "grad_accum": args.gradient_accumulation_steps,
         "seed": args.seed,
+        "packing": recipe.data.packing,  # docs/method.md §3.7
+        "pack_tokens": recipe.data.pack_tokens,
     }
+    if recipe.data.packing and getattr(config, "pad_attention", "slots") != "slots":
+        raise ValueError(
+            "recipe data.packing needs a FlexMDM graft with pad_attention 'slots' (each example attends "
+            f"to itself), but model.base has pad_attention {config.pad_attention!r}; set data.packing: false"
+        )
     if args.loss == "mdm":
         width = canvas_width(recipe, tokenizer)
         return MDMCollator(canvas_width=width, time_mode=recipe.objective.time_sampling, **common)

@@ -5,5 +5,5 @@ Run `retrofit bench all` (what `make bench` does) or one of `train-step`, `sampl
 `eval/bench/gpu.sh` runs the 8B-shaped variants on one CUDA GPU.
 """
 
-TRAIN_STEP_VARIANTS = ("full-width", "trimmed", "banded", "mdm")
+TRAIN_STEP_VARIANTS = ("full-width", "trimmed", "banded", "packed", "mdm")
 """Training-step variants of `retrofit bench train-step` (see `retrofit.bench.train_step`)."""

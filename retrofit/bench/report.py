@@ -13,7 +13,7 @@ COLUMNS: dict[str, tuple[str, list[str]]] = {
         "variants",
         [
             "variant", "median_s", "spread_pct", "x1_tokens_per_s", "ratio_vs_full_width", "cpu_median_s",
-            "cpu_ratio_vs_full_width",
+            "cpu_ratio_vs_full_width", "cpu_ratio_vs_banded",
             "computed_fraction", "closed_form_fraction", "expected_ratio", "row_length_fraction", "peak_mib", "mfu",
         ],
     ),
@@ -33,6 +33,10 @@ COLUMNS: dict[str, tuple[str, list[str]]] = {
         ["setting", "kind", "trunk_position_layers_per_sample", "flops_reduction", "forward_passes_per_sample",
          "seconds_per_sample", "wall_time_ratio", "token_agreement", "mean_generated"],
     ),
+    "computed-fraction": (
+        "layouts",
+        ["layout", "computed_fraction", "slot_fraction", "slowest_rank_excess"],
+    ),
     "interpolant": (
         "variants",
         ["variant", "median_s", "spread_pct", "samples_per_s", "x1_tokens_per_s", "margin_vs_paper_gpu"],
@@ -44,7 +48,7 @@ def headline(payload: dict[str, Any]) -> str:
     """One line: benchmark, where it ran, and the options that shape the numbers."""
     m, o = payload["machine"], payload["options"]
     keys = [k for k in ("size", "layers", "device", "dtype", "grad_ckpt", "batch", "accum", "canvas",
-                        "lengths", "prompts", "max_length", "steps", "repeats") if k in o]  # fmt: skip
+                        "lengths", "world_size", "prompts", "max_length", "steps", "repeats") if k in o]  # fmt: skip
     opts = " ".join(f"{k}={o[k]}" for k in keys if o[k] is not None)
     where = f"torch {m['torch']}, {m['threads']} threads, load {m.get('loadavg', '?')}, {m.get('gpu', m['device'])}"
     return f"== {payload['benchmark']}: {opts} ({where})"

@@ -12,55 +12,62 @@ import torch
 from retrofit.bench.common import resolve_dtype
 from retrofit.bench.configs import SIZES, build_llada, parameter_counts
 from retrofit.bench.lengths import LengthTable, make_features
-from retrofit.loss import flexmdm_loss, mdm_loss
+from retrofit.training.objective import micro_batch_loss
 
 if TYPE_CHECKING:
+    from retrofit.bench.recipe_workload import RecipeWorkload
     from retrofit.bench.train_step import TrainStepOptions
 
 __all__ = ["build_batches", "build_model", "micro_loss"]
 
 
-def _collator(variant: str, opts: TrainStepOptions) -> Any:
+def _collator(variant: str, opts: TrainStepOptions, collator_kwargs: dict[str, Any]) -> Any:
     from retrofit.training.collator import FlexMDMCollator, MDMCollator
 
     s = SIZES[opts.size]
-    common = dict(mask_id=s.mask_id, pad_id=s.pad_id, canvas_width=opts.canvas, seed=opts.seed)
+    common = dict(
+        mask_id=s.mask_id, pad_id=s.pad_id, canvas_width=opts.canvas, seed=opts.seed, **collator_kwargs
+    )
     if variant == "mdm":
         return MDMCollator(time_mode="uniform", **common)
     return FlexMDMCollator(
         insertion_schedule=opts.insertion_schedule,
         unmasking_schedule="linear",
-        time_mode="banded" if variant == "banded" else "stratified",
+        time_mode="banded" if variant in ("banded", "packed") else "stratified",
         grad_accum=opts.accum,
         trim=variant != "full-width",
+        packing=variant == "packed",
         **common,
     )
 
 
 def build_batches(
-    variant: str, opts: TrainStepOptions, table: LengthTable | None
+    variant: str, opts: TrainStepOptions, source: LengthTable | RecipeWorkload | None
 ) -> list[list[dict[str, Any]]]:
     """[step][micro-step] collated batches on the device; the x1 draws do not depend on the variant.
 
-    Warm-up steps hold one micro-batch (enough to allocate the optimizer state and warm caches);
-    timed steps hold G.
+    `source`: GSM8K lengths (LengthTable), a recipe's own examples (RecipeWorkload, drawn in a
+    seeded random order), or None (full-length x1). Warm-up steps hold one micro-batch (enough to
+    allocate the optimizer state and warm caches); timed steps hold G.
     """
     s, device = SIZES[opts.size], torch.device(opts.device)
     gen = torch.Generator().manual_seed(opts.seed)
-    collate = _collator(variant, opts)
+    examples = getattr(source, "features", None)
+    collate = _collator(variant, opts, getattr(source, "collator_kwargs", {}) if examples else {})
     steps = []
     for i in range(opts.warmup + opts.repeats):
         micro = []
         for k in range(1 if i < opts.warmup else opts.accum):  # a warm-up step is one micro-step
             collate.calls = i * opts.accum + k  # micro-step k of optimizer step i (sets the band)
-            feats = make_features(
-                opts.lengths,
-                opts.batch,
-                opts.canvas,
-                vocab_limit=min(s.mask_id, s.pad_id),
-                table=table,
-                generator=gen,
-            )
+            if examples:
+                feats = [
+                    examples[j] for j in torch.randint(len(examples), (opts.batch,), generator=gen).tolist()
+                ]
+            else:
+                feats = make_features(
+                    opts.lengths, opts.batch, opts.canvas, vocab_limit=min(s.mask_id, s.pad_id),
+                    table=source, generator=gen,
+                )  # fmt: skip
             micro.append({name: value.to(device) for name, value in collate(feats).items()})
         steps.append(micro)
     return steps
@@ -107,31 +114,7 @@ def _enable_checkpointing(model: torch.nn.Module) -> None:
 def micro_loss(
     variant: str, model: torch.nn.Module, batch: dict[str, torch.Tensor], normalizer: float
 ) -> torch.Tensor:
-    """Loss of one micro-batch; token logits only at the masked slots (docs/method.md §3.2, §3.6)."""
-    if variant == "mdm":
-        logits = model(input_ids=batch["input_ids"], logits_mask=batch["mask_slots"]).logits  # [N, V]
-        return mdm_loss(
-            logits,
-            batch["targets"],
-            batch["mask_prob"],
-            normalizer=normalizer,
-            mask_slots=batch["mask_slots"],
-        )
-    out = model(
-        input_ids=batch["input_ids"],
-        t=batch["t"],
-        attention_mask=batch["attention_mask"],
-        logits_mask=batch["mask_slots"],
-    )
-    loss = flexmdm_loss(
-        out.logits,
-        batch["targets"],
-        out.expected_gaps,
-        batch["gaps"],
-        batch["gap_mask"],
-        batch["weight_unmask"],
-        batch["weight_insert"],
-        normalizer=normalizer,
-        mask_slots=batch["mask_slots"],
-    )
-    return loss.total
+    """Loss of one micro-batch: the trainer's `micro_batch_loss` (token logits only at the masked
+    slots; packed rows for the "packed" variant; docs/method.md §3.2, §3.6, §3.7)."""
+    objective = "mdm" if variant == "mdm" else "flexmdm"
+    return micro_batch_loss(model, batch, objective, normalizer=normalizer)[0]

@@ -13,6 +13,9 @@ Variants (same x1 samples, same seeds):
     (early and late t mixed in one micro-batch, so the longest x_t is usually near full).
   * ``banded``: trimmed + banded t: micro-step k of an optimizer step covers one contiguous band of
     t; one timed call cycles through all G bands, so its average is fair.
+  * ``packed``: banded t, each micro-batch's documents (x_t trimmed to its own n_b, plus the
+    length slot) packed side by side into one row, each attending only to itself
+    (``data.packing``; docs/method.md §3.7): no position is spent on padding.
   * ``mdm``: the LLaDA baseline (LLaDA + LoRA, MDM loss, full width L; docs/method.md §3.6).
 
 All variants are built first, then timed round by round (one optimizer step of each in turn), so
@@ -24,6 +27,8 @@ Token logits are computed only at the masked slots in every variant (the LM head
 part at small d_model), so the comparison isolates the canvas width.
 
     retrofit bench train-step --size 100m --canvas 512 --lengths full --batch 4 --accum 8
+    retrofit bench train-step --size 100m --recipe recipes/tiny/flexmdm-sft.yaml \
+        --override model.base=demo-out/flexmdm-init --variants banded packed   # the demo's data
 """
 
 from __future__ import annotations
@@ -74,6 +79,8 @@ class TrainStepOptions:
         lora_r: LoRA rank (alpha = r); None = the size's default.
         variants: which variants to run, in order ("full-width" first for the ratios).
         seed: seed of data, times and weights. data_dir: GSM8K folder (None = RETROFIT_DATA_DIR).
+        recipe, overrides: instead of `lengths`, a training recipe's own examples (and canvas);
+            see `retrofit.bench.recipe_workload`.
         insertion_schedule: alpha of the interpolant (default geometric(10, 0.01), docs/method.md §1.2).
         threads: torch CPU threads (None = unchanged).
     """
@@ -95,6 +102,8 @@ class TrainStepOptions:
     data_dir: str | None = None
     insertion_schedule: str = "geometric"
     threads: int | None = None
+    recipe: str | None = None
+    overrides: tuple[str, ...] = ()
 
     def validate(self) -> None:
         """Raise ValueError naming the option if a value is invalid."""
@@ -117,7 +126,7 @@ def _step_counts(steps: list[list[dict[str, Any]]], opts: TrainStepOptions) -> d
     per_step = lambda values: sum(values) / opts.repeats  # noqa: E731
     full = opts.batch * (opts.canvas + 1) * opts.accum
     computed = per_step(int(b["num_computed_tokens"]) for b in batches)
-    own = [int(b["attention_mask"].sum()) + len(b["t"]) for b in batches if "attention_mask" in b]
+    own = [int(b["gap_mask"].sum()) for b in batches if "gap_mask" in b]  # n_b + 1 per row
     return {
         "x1_tokens": per_step(int(b["num_x1_tokens"]) for b in batches),
         "computed_positions": computed,
@@ -142,8 +151,8 @@ class _Run:
     memory_kind: str = ""
 
 
-def _build(variant: str, opts: TrainStepOptions, table: LengthTable | None) -> _Run:
-    steps = build_batches(variant, opts, table)
+def _build(variant: str, opts: TrainStepOptions, source: Any) -> _Run:
+    steps = build_batches(variant, opts, source)
     model, counts = build_model(variant, opts)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     return _Run(variant, model, optimizer, steps, counts)
@@ -203,8 +212,9 @@ def _row(run: _Run, opts: TrainStepOptions) -> dict[str, Any]:
     return row
 
 
-def _closed_form(variant: str, opts: TrainStepOptions, table: LengthTable | None) -> float:
-    """Expected computed fraction of a FlexMDM variant (1 for full-width).
+def _closed_form(variant: str, opts: TrainStepOptions, table: Any) -> float | None:
+    """Expected computed fraction of a FlexMDM variant (1 for full-width; None for packed rows
+    and recipe workloads, whose fraction is measured only).
 
     Prompt-free x1 (``--lengths full``): the training module's exact quadrature
     (`retrofit.training.trim_cost`); GSM8K lengths with a protected prompt:
@@ -212,6 +222,8 @@ def _closed_form(variant: str, opts: TrainStepOptions, table: LengthTable | None
     """
     if variant == "full-width":
         return 1.0
+    if variant == "packed" or not (table is None or isinstance(table, LengthTable)):
+        return None
     mode = "banded" if variant == "banded" else "stratified"
     if table is None:
         from retrofit.training.trim_cost import expected_computed_fraction as exact
@@ -226,6 +238,16 @@ def _closed_form(variant: str, opts: TrainStepOptions, table: LengthTable | None
         insertion_schedule=opts.insertion_schedule,
         seed=opts.seed,
     )
+
+
+def _length_summary(source: Any, opts: TrainStepOptions) -> dict[str, Any]:
+    """Mean x1 lengths of the workload (tokens)."""
+    if isinstance(source, LengthTable):
+        return source.summary()
+    if source is None:
+        return {"mean_total": opts.canvas, "mean_prompt": 0}
+    lengths = [len(f["input_ids"]) for f in source.features]
+    return {"recipe": opts.recipe, "examples": len(lengths), "mean_total": sum(lengths) / len(lengths)}
 
 
 def _mfu(row: dict[str, Any], opts: TrainStepOptions) -> float:
@@ -243,7 +265,12 @@ def run_train_step(opts: TrainStepOptions, log=print) -> dict[str, Any]:
         ValueError: invalid options. FileNotFoundError: "gsm8k" lengths without local data.
     """
     opts.validate()
-    table = gsm8k_length_table(opts.data_dir) if opts.lengths == "gsm8k" else None
+    table: Any = gsm8k_length_table(opts.data_dir) if opts.lengths == "gsm8k" else None
+    if opts.recipe is not None:
+        from retrofit.bench.recipe_workload import recipe_workload
+
+        table = recipe_workload(opts.recipe, opts.overrides)
+        opts.canvas, opts.lengths = table.canvas, "recipe"
     with torch_threads(opts.threads):
         machine = machine_info(opts.device)
         start = time.perf_counter()
@@ -254,20 +281,25 @@ def run_train_step(opts: TrainStepOptions, log=print) -> dict[str, Any]:
     del runs
     release_memory(opts.device)
     base = next((r for r in rows if r["variant"] == "full-width"), None)
+    banded = next((r for r in rows if r["variant"] == "banded"), None)
     for row in rows:
         row["ratio_vs_full_width"] = row["x1_tokens_per_s"] / base["x1_tokens_per_s"] if base else None
         row["cpu_ratio_vs_full_width"] = (
             row["x1_tokens_per_cpu_s"] / base["x1_tokens_per_cpu_s"] if base else None
         )
+        row["cpu_ratio_vs_banded"] = (
+            row["x1_tokens_per_cpu_s"] / banded["x1_tokens_per_cpu_s"] if banded else None
+        )
         row["mfu"] = _mfu(row, opts) if torch.device(opts.device).type == "cuda" else None
         if row["variant"] != "mdm":
             row["closed_form_fraction"] = _closed_form(row["variant"], opts, table)
-            row["expected_ratio"] = 1.0 / row["closed_form_fraction"]
+            fraction = row["closed_form_fraction"] or row["computed_fraction"]
+            row["expected_ratio"] = 1.0 / fraction
     return {
         "benchmark": "train-step",
         "machine": machine,
         "options": asdict(opts),
-        "x1_lengths": table.summary() if table is not None else {"mean_total": opts.canvas, "mean_prompt": 0},
+        "x1_lengths": _length_summary(table, opts),
         "variants": rows,
         "notes": [
             "token logits only at the masked slots in every variant",

@@ -1,4 +1,4 @@
-"""`retrofit bench all|train-step|sample|interpolant|token-head [options] [--out bench-out]` (issue #9).
+"""`retrofit bench all|train-step|sample|interpolant|token-head|computed-fraction [options] [--out bench-out]` (issue #9).
 
 Every benchmark prints a table and writes ``<out>/<name>.json`` (machine, options, timings:
 median and spread over the repeats, throughput, peak memory). ``all`` is what `make bench` runs:
@@ -9,6 +9,7 @@ the CPU suite (collator, tiny sampler, ~100M-parameter training step in two leng
     retrofit bench sample --size tiny --steps 64
     retrofit bench interpolant --batch 64 --canvas 1024
     retrofit bench token-head --device cuda --dtype bf16 --chunks 256 512 1024
+    retrofit bench computed-fraction --lengths full --canvas 1024 --batch 4 --accum 2 --world-size 16
 """
 
 from __future__ import annotations
@@ -39,6 +40,13 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: unchanged)")
 
 
+def _recipe_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--recipe", default=None, metavar="YAML",
+                   help="the examples of this training recipe (and its canvas) instead of --lengths")  # fmt: skip
+    p.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
+                   help="recipe override (repeatable), e.g. --override model.base=demo-out/flexmdm-init")  # fmt: skip
+
+
 def _train_step_args(p: argparse.ArgumentParser) -> None:
     _model_args(p)
     p.add_argument("--grad-ckpt", choices=["on", "off"], default="off", help="gradient checkpointing")
@@ -59,6 +67,7 @@ def _train_step_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--data-dir", default=None, help="GSM8K folder for --lengths gsm8k (default $RETROFIT_DATA_DIR)"
     )
+    _recipe_args(p)
     _common(p, "train-step")
 
 
@@ -119,6 +128,27 @@ def _token_head_args(p: argparse.ArgumentParser) -> None:
     _common(p, "token-head")
 
 
+def _fraction_args(p: argparse.ArgumentParser) -> None:
+    # defaults = retrofit.bench.computed_fraction.FractionOptions (literal here: --help imports no torch)
+    p.add_argument(
+        "--lengths", choices=["full", "gsm8k"], default="full", help="x1 lengths (without --recipe)"
+    )
+    p.add_argument("--canvas", type=int, default=1024, help="L: canvas width (without --recipe)")
+    p.add_argument(
+        "--batch", type=int, default=4, help="B: examples per micro-batch and rank (without --recipe)"
+    )
+    p.add_argument(
+        "--accum", type=int, default=2, help="G: micro-steps per optimizer step (without --recipe)"
+    )
+    p.add_argument("--world-size", type=int, default=16, help="W: emulated data-parallel ranks (default 16)")
+    p.add_argument("--steps", type=int, default=16, help="optimizer steps measured (default 16)")
+    p.add_argument("--pack-tokens", type=int, default=None, help="packed row budget (default: one row)")
+    p.add_argument("--layouts", nargs="+", choices=["trimmed", "packed", "group_by_length"],
+                   default=["trimmed", "packed", "group_by_length"], help="batch layouts to measure")  # fmt: skip
+    _recipe_args(p)
+    _common(p, "computed-fraction")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Sub-commands all / train-step / sample / interpolant / token-head with their options."""
     sub = parser.add_subparsers(dest="benchmark", required=True, metavar="BENCHMARK")
@@ -128,6 +158,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     _train_step_args(sub.add_parser("train-step", help="training step: x1 tokens/s, peak memory, ratios"))
     _sample_args(sub.add_parser("sample", help="sampler: samples/s, forward passes, FlexMDM vs LLaDA"))
     _interpolant_args(sub.add_parser("interpolant", help="collator throughput vs a GPU step's need"))
+    _fraction_args(
+        sub.add_parser(
+            "computed-fraction",
+            help="positions fed to the trunk: trimmed vs packed batches, W emulated ranks",
+        )
+    )
     _token_head_args(
         sub.add_parser(
             "token-head", help="LM head + CE at the masked slots: peak memory, time, plain vs chunked"
@@ -149,9 +185,14 @@ def run_one(args: argparse.Namespace) -> dict[str, Any]:
         from retrofit.bench.train_step import TrainStepOptions, run_train_step
 
         opts = _options(
-            TrainStepOptions, args, grad_ckpt=args.grad_ckpt == "on", variants=tuple(args.variants)
-        )
+            TrainStepOptions, args, grad_ckpt=args.grad_ckpt == "on", variants=tuple(args.variants),
+            overrides=tuple(args.override),
+        )  # fmt: skip
         return run_train_step(opts)
+    if args.benchmark == "computed-fraction":
+        from retrofit.bench.computed_fraction import run_fraction_command
+
+        return run_fraction_command(args)
     if args.benchmark == "token-head":
         from retrofit.bench.token_head import TokenHeadOptions, run_token_head
 

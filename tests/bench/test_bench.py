@@ -102,7 +102,7 @@ def test_train_step_cli_all_variants(tmp_path):
     payload = _json(tmp_path / "ts.json")
     assert payload["benchmark"] == "train-step" and payload["machine"]["threads"] >= 1
     rows = {r["variant"]: r for r in payload["variants"]}
-    assert list(rows) == ["full-width", "trimmed", "banded", "mdm"]
+    assert list(rows) == ["full-width", "trimmed", "banded", "packed", "mdm"]
     for r in rows.values():
         assert r["median_s"] > 0 and r["repeats"] == 1 and r["x1_tokens"] == B * L * G
         assert r["x1_tokens_per_s"] > 0 and r["peak_mib"] >= 0 and r["mfu"] is None  # no MFU on CPU
@@ -119,6 +119,12 @@ def test_train_step_cli_all_variants(tmp_path):
     for name in ("trimmed", "banded"):
         assert 0 < rows[name]["computed_fraction"] <= 1 and 0 < rows[name]["closed_form_fraction"] <= 1
         assert rows[name]["expected_ratio"] == pytest.approx(1 / rows[name]["closed_form_fraction"])
+    # packed: the same banded rows, each at its own length (n_b + 1): exactly the row-length floor
+    packed = rows["packed"]
+    assert packed["computed_fraction"] == pytest.approx(packed["row_length_fraction"])
+    assert packed["row_length_fraction"] == pytest.approx(rows["banded"]["row_length_fraction"])
+    assert packed["computed_fraction"] < rows["banded"]["computed_fraction"]
+    assert packed["closed_form_fraction"] is None and rows["banded"]["cpu_ratio_vs_banded"] == 1.0
 
 
 def test_train_step_gsm8k_lengths_with_checkpointing(tmp_path, data_dir):
