@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from retrofit.interpolant import sample_interpolant
 from retrofit.loss import bregman_poisson
 from retrofit.time_sampling import sample_times
+from retrofit.training.objective import forward_batch
 
 
 def llada_mask_counts(num_targets: int, num_rows: int, k: int) -> list[int]:
@@ -126,8 +127,8 @@ def flexmdm_nll(
     batch normaliser). The mean over rows is an unbiased estimate of the bound.
 
     Args:
-        model: a FlexMDMModel (`model(input_ids, t, attention_mask, logits_mask)` -> logits at the
-            masked slots [N, V] and expected_gaps [B, L+1]); `model.config` gives the schedules
+        model: a FlexMDMModel, called through `retrofit.training.objective.forward_batch` (the
+            trainer's forward: per-slot cross-entropy at the mask slots, expected_gaps [B, L+1]); `model.config` gives the schedules
             (`insertion_schedule`, `unmasking_schedule`) and `mask_token_id` / `pad_token_id`.
         prompt_ids: context token ids (protected: never deleted or masked); may be empty.
         target_ids: continuation token ids.
@@ -154,8 +155,10 @@ def flexmdm_nll(
             x1, real, t, protected, cfg.insertion_schedule, cfg.unmasking_schedule,
             mask_id=cfg.mask_token_id, pad_id=cfg.pad_token_id, generator=generator,
         )  # fmt: skip
-        out = model(s.x_t, s.t, attention_mask=s.slot_mask, logits_mask=s.mask_slots)
-        ce = F.cross_entropy(out.logits.float(), s.targets[s.mask_slots], reduction="none")  # [N]
+        batch = {"input_ids": s.x_t, "t": s.t, "attention_mask": s.slot_mask, "mask_slots": s.mask_slots,
+                 "targets": s.targets}  # fmt: skip
+        out = forward_batch(model, batch, "flexmdm")  # the trainer's forward (training.objective)
+        ce = out.token_ce  # [N] float32 cross-entropy at the mask slots
         unmask = torch.zeros(rows, device=device).index_add_(0, s.mask_slots.nonzero()[:, 0], ce)  # [R]
         length = (bregman_poisson(s.gaps, out.expected_gaps.float()) * s.gap_mask).sum(dim=1)  # [R]
         totals.append(s.weight_unmask * unmask + s.weight_insert * length)

@@ -69,10 +69,16 @@ class UniformFlexMDM(nn.Module):
             pad_token_id=PAD,
         )
 
-    def forward(self, x, t, attention_mask=None, logits_mask=None) -> SimpleNamespace:
+    def forward(
+        self, input_ids, t, attention_mask=None, logits_mask=None, token_targets=None, head_chunk=None
+    ):
+        """FlexMDMModel's interface: per-slot cross-entropy ln V at the mask slots (uniform logits)."""
         n = int(logits_mask.sum())
+        ce = torch.nn.functional.cross_entropy(torch.zeros(n, self.vocab), token_targets[logits_mask.bool()])
         return SimpleNamespace(
-            logits=torch.zeros(n, self.vocab), expected_gaps=torch.zeros(x.shape[0], x.shape[1] + 1)
+            logits=None,
+            token_ce=ce.expand(n),
+            expected_gaps=torch.zeros(input_ids.shape[0], input_ids.shape[1] + 1),
         )
 
 
