@@ -16,7 +16,7 @@ draws cycle through all G bands) and of the x1 lengths.
 
     >>> monte_carlo_computed_fraction(batch=4, canvas=512, time_mode="banded", grad_accum=8, table=table)
 
-`retrofit.training.trim_cost` computes the prompt-free case by quadrature (exact, faster); this
+`retrofit.bench.trim_cost` computes the prompt-free case by quadrature (exact, faster); this
 module exists for x1 with a protected prompt (GSM8K-shaped lengths), which it does not cover.
 """
 

@@ -217,7 +217,7 @@ def _closed_form(variant: str, opts: TrainStepOptions, table: Any) -> float | No
     and recipe workloads, whose fraction is measured only).
 
     Prompt-free x1 (``--lengths full``): the training module's exact quadrature
-    (`retrofit.training.trim_cost`); GSM8K lengths with a protected prompt:
+    (`retrofit.bench.trim_cost`); GSM8K lengths with a protected prompt:
     `retrofit.bench.closed_form` (binomial max over the prompt-shifted rows).
     """
     if variant == "full-width":
@@ -226,7 +226,7 @@ def _closed_form(variant: str, opts: TrainStepOptions, table: Any) -> float | No
         return None
     mode = "banded" if variant == "banded" else "stratified"
     if table is None:
-        from retrofit.training.trim_cost import expected_computed_fraction as exact
+        from retrofit.bench.trim_cost import expected_computed_fraction as exact
 
         return exact(opts.insertion_schedule, [opts.canvas], opts.canvas, mode, opts.batch, 1, opts.accum)
     return monte_carlo_computed_fraction(

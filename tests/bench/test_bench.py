@@ -70,7 +70,7 @@ def test_closed_form_matches_the_collator():
     closed = monte_carlo_computed_fraction(batch=B, canvas=L, time_mode="banded", grad_accum=G)
     assert closed == pytest.approx(measured, abs=0.05)
     # the training module's quadrature (prompt-free only) agrees within this module's Monte Carlo error
-    from retrofit.training.trim_cost import expected_computed_fraction as quadrature
+    from retrofit.bench.trim_cost import expected_computed_fraction as quadrature
 
     assert closed == pytest.approx(quadrature("geometric", [L], L, "banded", B, 1, G), abs=0.005)
     assert monte_carlo_computed_fraction(batch=B, canvas=L, trim=False) == 1.0

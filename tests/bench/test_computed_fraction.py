@@ -1,6 +1,6 @@
 """`retrofit bench computed-fraction` (issue #15): positions fed to the trunk with emulated ranks.
 
-* Trimmed rows agree with the closed form of `retrofit.training.trim_cost` (a fixed-seed Monte
+* Trimmed rows agree with the closed form of `retrofit.bench.trim_cost` (a fixed-seed Monte
   Carlo estimate; tolerance 0.02 absolute, several standard errors at these sizes).
 * Packed rows on one rank cost exactly the documents' positions (slot_fraction), and W ranks
   cost W x the slowest rank's (slowest_rank_excess >= 1).
@@ -14,8 +14,8 @@ import json
 import pytest
 
 from retrofit.bench.computed_fraction import FractionOptions, emulate_fraction
+from retrofit.bench.trim_cost import expected_computed_fraction
 from retrofit.cli import main
-from retrofit.training.trim_cost import expected_computed_fraction
 
 
 def test_trimmed_rows_match_the_closed_form() -> None:

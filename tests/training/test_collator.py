@@ -1,4 +1,4 @@
-"""Tests of retrofit.training.collator and retrofit.training.trim_cost.
+"""Tests of retrofit.training.collator and retrofit.bench.trim_cost.
 
 * Trim: trimmed and untrimmed batches give the same FlexMDM loss (atol 1e-5) with a tiny
   FlexMDMModel (default "slots" attention: row b attends to keys 0..n_b), and trimming never drops
@@ -18,11 +18,11 @@ import math
 import pytest
 import torch
 
+from retrofit.bench.trim_cost import expected_computed_fraction
 from retrofit.interpolant import IGNORE_INDEX
 from retrofit.loss import flexmdm_loss, mdm_loss
 from retrofit.models import FlexMDMModel, LLaDAConfig, LLaDAModelLM
 from retrofit.training.collator import FlexMDMCollator, MDMCollator, pad_x1
-from retrofit.training.trim_cost import expected_computed_fraction
 
 PAD, MASK, VOCAB = 1, 95, 96
 T_MIN = 1e-3
