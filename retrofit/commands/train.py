@@ -171,6 +171,7 @@ def dry_run(recipe: Any, world_size: int = 1) -> str:
             seq_len=seq,
             weight_bytes=2 if t.bf16 or recipe.model.dtype == "bfloat16" else 4,
             gradient_checkpointing=_recomputes_activations(t),
+            head_chunk=t.token_head_chunk,
             **shape,
         )
         for stage in (2, 3)
@@ -182,6 +183,8 @@ def dry_run(recipe: Any, world_size: int = 1) -> str:
         f"global batch    {t.per_device_train_batch_size} per device x {t.gradient_accumulation_steps} accumulation"
         f" x {world_size} GPUs = {global_batch} sequences",
         f"sequence length {seq} tokens (canvas {width}{' + length slot' if seq > width else ''})",
+        _packing_line(recipe, seq),
+        f"token head      {_head_line(t, seq)}",
         f"optimizer steps {steps} {step_note}",
         "parameters (trainable per group):",
         report.format(),
@@ -189,6 +192,31 @@ def dry_run(recipe: Any, world_size: int = 1) -> str:
         format_estimates(estimates),
     ]
     return "\n".join(lines)
+
+
+def _packing_line(recipe: Any, seq: int) -> str:
+    """What one micro-batch feeds the trunk: packed rows (budget) or trimmed rows."""
+    t, data = recipe.training, recipe.data
+    worst = t.per_device_train_batch_size * seq
+    if not data.packing:
+        return (
+            f"packing         off: each micro-batch trimmed to its longest x_t (at most {worst} positions); "
+            "data.packing: true packs examples side by side (docs/method.md §3.7)"
+        )
+    budget = data.pack_tokens or worst
+    rows = "one row per micro-batch" if data.pack_tokens is None else f"rows of {budget} positions"
+    return (
+        f"packing         on: {rows} (at most {worst} positions per micro-batch, each example n_b + 1); "
+        "measure the positions with `retrofit bench computed-fraction --recipe RECIPE`"
+    )
+
+
+def _head_line(training: Any, seq: int) -> str:
+    """The token head's chunking, as the memory estimate counts it."""
+    chunk = training.token_head_chunk
+    if not chunk:
+        return f"one call at the masked slots (up to {training.per_device_train_batch_size * seq} x vocab logits)"
+    return f"chunks of {chunk} masked slots, recomputed in backward (training.token_head_chunk)"
 
 
 def _meta_model(recipe: Any) -> tuple[Any, Any, str]:

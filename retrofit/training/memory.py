@@ -9,12 +9,17 @@ trainable parameters, partitioned over ranks in both stages):
     optimizer    = 12 * T / W       (fp32 master 4 + Adam m 4 + v 4)
     activations  = checkpointed block inputs  n_layers * B * L * D * b
                  + one block recomputed       B * L * (4 D + 3 H) * b * 2   (forward + backward)
-                 + token logits (upper bound: every slot)  B * L * V * (b + 4)   (bf16 + fp32 CE)
+                 + token head  rows * V * 12   (rows = B * L, an upper bound: every slot masked;
+                   with training.token_head_chunk = c, rows = min(c, B * L): the chunked head
+                   keeps one chunk's logits; 12 bytes per logit = the fp32 log-probabilities
+                   saved for backward, their gradient and the logits' gradient, the peak measured
+                   by `retrofit bench token-head`)
                    (without gradient checkpointing the first two terms become
                     n_layers * B * L * (4 D + 3 H) * b * 2)
     ZeRO-3 also gathers one block's weights at a time: + 2 * b * P_block (prefetch of the next).
 
 B = micro-batch, L = canvas width + 1 (the length slot), D = d_model, H = MLP hidden, V = vocab.
+Packed rows (data.packing) hold at most B * L positions per micro-batch, the same bound.
 This ignores framework buffers (allocator fragmentation, DeepSpeed buckets: budget ~10-20 % on
 top) and counts the frozen copies peft keeps of `modules_to_save` inside N.
 """
@@ -26,6 +31,8 @@ from dataclasses import dataclass
 __all__ = ["MemoryEstimate", "estimate_memory", "format_estimates"]
 
 GIB = 1024**3
+HEAD_BYTES_PER_LOGIT = 12
+"""Peak bytes per logit of the token head + float32 cross-entropy in backward (see the docstring)."""
 
 
 @dataclass(frozen=True)
@@ -60,6 +67,7 @@ def estimate_memory(
     vocab: int,
     weight_bytes: int = 2,
     gradient_checkpointing: bool = True,
+    head_chunk: int = 0,
 ) -> MemoryEstimate:
     """Estimate per-GPU memory of one training step (formula in the module docstring).
 
@@ -73,6 +81,7 @@ def estimate_memory(
         d_model, mlp_hidden, n_layers, vocab: model shape.
         weight_bytes: bytes per weight / gradient element (2 for bf16, 4 for fp32).
         gradient_checkpointing: whether block activations are recomputed.
+        head_chunk: slots per chunk of the token head (training.token_head_chunk; 0 = one call).
 
     Returns:
         MemoryEstimate in bytes.
@@ -90,7 +99,8 @@ def estimate_memory(
         acts = n_layers * micro_batch * seq_len * d_model * b + block_act
     else:
         acts = n_layers * block_act
-    acts += micro_batch * seq_len * vocab * (b + 4)
+    head_rows = micro_batch * seq_len if head_chunk <= 0 else min(head_chunk, micro_batch * seq_len)
+    acts += head_rows * vocab * HEAD_BYTES_PER_LOGIT
     block_params = 4 * d_model * d_model + 3 * d_model * mlp_hidden
     return MemoryEstimate(
         stage=stage,

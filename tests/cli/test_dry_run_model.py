@@ -28,3 +28,23 @@ def test_grafted_base_is_counted_from_its_own_config(capsys, tiny_llada_dir, tin
     assert _count(out, "new_modules") == new
     # frozen: the backbone, plus peft's frozen originals of the modules_to_save (the new modules)
     assert _count(out, "frozen") == sum(p.numel() for p in llada.parameters()) + new
+
+
+def test_dry_run_reports_packing_and_the_chunked_head(capsys, tiny_flexmdm_dir):
+    """The plan says whether micro-batches are packed (and their position budget: B x (canvas + 1)
+    of the graft) and how the token head is run; the memory term of the chunk is tested in
+    tests/training/test_recipes.py::test_memory_formula_closed_form."""
+    recipe = str(REPO / "recipes/tiny/flexmdm-sft.yaml")
+    plain = ["train", recipe, "--dry-run", f"model.base={tiny_flexmdm_dir}"]
+    assert main(plain) == 0
+    before = capsys.readouterr().out
+    assert main([*plain, "data.packing=true", "training.token_head_chunk=64"]) == 0
+    after = capsys.readouterr().out
+    assert (
+        "packing         off: each micro-batch trimmed to its longest x_t (at most 520 positions)" in before
+    )
+    assert "token head      one call at the masked slots (up to 520 x vocab logits)" in before
+    assert (
+        "packing         on: one row per micro-batch (at most 520 positions per micro-batch" in after
+    )  # 8 x 65
+    assert "token head      chunks of 64 masked slots, recomputed in backward" in after

@@ -241,7 +241,9 @@ def test_memory_formula_closed_form():
     z2 = estimate_memory(stage=2, world_size=4, **kw)
     assert (z2.weights, z2.gradients, z2.optimizer, z2.gathered) == (2000, 50, 300, 0)
     block = 2 * 8 * (4 * 4 + 3 * 8) * 2 * 2  # B L (4D + 3H) b x2
-    assert z2.activations == 3 * 2 * 8 * 4 * 2 + block + 2 * 8 * 16 * 6
+    assert z2.activations == 3 * 2 * 8 * 4 * 2 + block + 2 * 8 * 16 * 12  # token head: B L V x 12 bytes
+    chunked = estimate_memory(stage=2, world_size=4, head_chunk=5, **kw)
+    assert z2.activations - chunked.activations == (2 * 8 - 5) * 16 * 12  # one chunk of 5 slots
     z3 = estimate_memory(stage=3, world_size=4, **kw)
     assert (z3.weights, z3.gathered) == (500, 2 * 2 * (4 * 16 + 3 * 4 * 8))
     assert z3.total < z2.total
