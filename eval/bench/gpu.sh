@@ -6,7 +6,8 @@
 # Runs, printing timings as it goes:
 #   1. train-step on the LLaDA-8B shape cut to $LAYERS blocks (bf16 weights, fp32 LoRA / graft
 #      modules, bf16 autocast, SDPA attention), canvas 1024, B=4 x G=4 micro-steps, variants
-#      full-width / trimmed / banded / mdm, gradient checkpointing on, then off;
+#      full-width / trimmed / banded / packed (data.packing: documents side by side, FlexAttention
+#      document mask) / mdm, gradient checkpointing on, then off;
 #   2. the same with GSM8K-length x1 if $RETROFIT_DATA_DIR holds gsm8k/train.jsonl;
 #   3. the sampler benchmark (FlexMDM trimmed / full-length vs the LLaDA sampler, equal steps);
 #   4. fast sampling on the GSM8K shape (random weights, 900-token prompts, 256 generated), FlexMDM
@@ -107,10 +108,13 @@ from pathlib import Path
 
 for path in sorted(Path(sys.argv[1]).glob("train-step-*.json")):
     payload = json.loads(path.read_text())
+    banded = next((r for r in payload["variants"] if r["variant"] == "banded"), None)
     for r in payload["variants"]:
         mfu = "-" if r["mfu"] is None else f"{100 * r['mfu']:.1f}%"
+        vs_banded = f"  x{r['x1_tokens_per_s'] / banded['x1_tokens_per_s']:.2f} vs banded" if banded else ""
         print(f"{path.stem:34s} {r['variant']:10s} {r['x1_tokens_per_s']:10.0f} x1 tok/s/GPU  "
-              f"MFU {mfu:>6s}  peak {r['peak_mib'] / 1024:6.1f} GiB  x{r['ratio_vs_full_width']:.2f} vs full-width")
+              f"MFU {mfu:>6s}  peak {r['peak_mib'] / 1024:6.1f} GiB  x{r['ratio_vs_full_width']:.2f} vs full-width"
+              f"{vs_banded}  computed {r['computed_fraction']:.3f}")
 for path in sorted(Path(sys.argv[1]).glob("sample-*.json")):
     ratios = json.loads(path.read_text())["ratios"]
     print(path.stem, ", ".join(f"{k} {v:.2f}" for k, v in ratios.items()))
