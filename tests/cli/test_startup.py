@@ -29,7 +29,11 @@ def imported(*argv: str) -> tuple[int, set[str], str]:
 
 HELP_COMMANDS = [[], *([verb] for verb in VERBS if verb != "eval")]
 HELP_COMMANDS += [["eval", task] for task in ("gsm8k", "humaneval-infill", "length")]
-HELP_COMMANDS += [["bench", name] for name in ("all", "train-step", "sample", "interpolant")] + [["eval"]]
+HELP_COMMANDS += [
+    ["bench", name]
+    for name in ("all", "train-step", "sample", "interpolant", "token-head", "computed-fraction")
+]
+HELP_COMMANDS += [["eval"]]
 
 
 @pytest.mark.parametrize("argv", HELP_COMMANDS, ids=lambda a: " ".join(a) or "retrofit")
