@@ -198,6 +198,8 @@ def _packing_line(recipe: Any, seq: int) -> str:
     """What one micro-batch feeds the trunk: packed rows (budget) or trimmed rows."""
     t, data = recipe.training, recipe.data
     worst = t.per_device_train_batch_size * seq
+    if not data.packing and t.loss == "mdm":
+        return f"packing         off: fixed-width rows (the LLaDA baseline is not trimmed): {worst} positions"
     if not data.packing:
         return (
             f"packing         off: each micro-batch trimmed to its longest x_t (at most {worst} positions); "
