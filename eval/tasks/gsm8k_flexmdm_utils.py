@@ -6,8 +6,8 @@ They reuse retrofit's one GSM8K format (retrofit.data.gsm8k_format) and answer e
 
 from __future__ import annotations
 
-from retrofit.data.gsm8k_format import user_turn
-from retrofit.evaluation.answers import extract_answer, is_correct, parse_gold
+from retrofit.data.gsm8k_format import parse_gold, user_turn
+from retrofit.evaluation.answers import extract_answer, is_correct
 
 
 def doc_to_text(doc: dict) -> str:

@@ -42,7 +42,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Export and print a summary. Returns 0, or 1 with the error on stderr."""
-    from retrofit.export.pipeline import ExportError, export_checkpoint
+    from retrofit.export.models import ExportError
+    from retrofit.export.pipeline import export_checkpoint
     from retrofit.training.checkpoint import CheckpointError
 
     try:

@@ -36,7 +36,6 @@ from retrofit.data.skip_dirs import SKIP_DIRS, STDLIB_EXCLUDE
 
 __all__ = [
     "HUB_DEFAULTS",
-    "SKIP_DIRS",
     "SOURCE_FIELDS",
     "load_source",
     "names_a_file",

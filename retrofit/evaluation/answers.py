@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import re
 
-from retrofit.data.gsm8k_format import normalize_number, parse_gold
+from retrofit.data.gsm8k_format import normalize_number
 
-__all__ = ["extract_answer", "first_number", "is_correct", "last_number", "parse_gold"]
+__all__ = ["extract_answer", "first_number", "is_correct", "last_number"]
 
 _BOXED = "\\boxed{"
 # A number as written in text: optional minus (not when it is a hyphen after a word or ")"),

@@ -24,8 +24,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from retrofit.data.gsm8k_format import REASONING_OPEN, build_prompt, build_target, load_gsm8k, user_turn
-from retrofit.evaluation.answers import extract_answer, is_correct, parse_gold
+from retrofit.data.gsm8k_format import (
+    REASONING_OPEN,
+    build_prompt,
+    build_target,
+    load_gsm8k,
+    parse_gold,
+    user_turn,
+)
+from retrofit.evaluation.answers import extract_answer, is_correct
 from retrofit.evaluation.generation import TextGenerator, gather_to_main, rank_and_world
 from retrofit.evaluation.passk import mean_and_stderr
 from retrofit.evaluation.results import write_results

@@ -66,7 +66,7 @@ def generation_defaults(config: Any, kind: str, prompt_template: str | None = No
     if kind == "flexmdm":
         from types import SimpleNamespace
 
-        from retrofit.sampling.flexmdm import FlexMDMSamplerConfig
+        from retrofit.sampling.flexmdm_config import FlexMDMSamplerConfig
 
         sampler = FlexMDMSamplerConfig.from_model(SimpleNamespace(config=config))
         out["sampler"] = {"name": "flexmdm", **json.loads(json.dumps(dataclasses.asdict(sampler)))}

@@ -14,7 +14,7 @@ _LOAD_SNIPPETS = {
     "flexmdm": (
         "import retrofit.models  # registers model_type 'flexmdm'\n"
         "from transformers import AutoModel\n"
-        "from retrofit.sampling.flexmdm import FlexMDMSampler, FlexMDMSamplerConfig\n\n"
+        "from retrofit.sampling import FlexMDMSampler, FlexMDMSamplerConfig\n\n"
         'model = AutoModel.from_pretrained("PATH", dtype="auto")\n'
         "sampler = FlexMDMSampler(model, FlexMDMSamplerConfig.from_model(model))"
     ),

@@ -91,10 +91,8 @@ from retrofit.training.checkpoint import MANIFEST_NAME, CheckpointError, check_b
 
 __all__ = [
     "EXPORT_MANIFEST",
-    "ExportError",
     "ExportReport",
     "export_checkpoint",
-    "prompt_template_of",
     "verify_mode",
 ]
 

@@ -56,7 +56,7 @@ from retrofit.sampling.steps import (
 from retrofit.sampling.trace import SampleOutput, Trace
 from retrofit.schedules import Schedule, make_schedule
 
-__all__ = ["FlexMDMSampler", "FlexMDMSamplerConfig"]
+__all__ = ["FlexMDMSampler"]
 
 
 @dataclass

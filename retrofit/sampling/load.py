@@ -106,7 +106,8 @@ def make_sampler(model: Any, tokenizer: Any, kind: str, **overrides: Any) -> Any
     """
     from dataclasses import fields
 
-    from retrofit.sampling.flexmdm import FlexMDMSampler, FlexMDMSamplerConfig
+    from retrofit.sampling.flexmdm import FlexMDMSampler
+    from retrofit.sampling.flexmdm_config import FlexMDMSamplerConfig
     from retrofit.sampling.mdm import MDMSampler, MDMSamplerConfig
 
     if kind not in KINDS:

@@ -13,7 +13,7 @@ prefix and suffix) is never unmasked into and never receives insertions, so it s
 
 All random numbers come from ``rand``: the sampler's per-row
 :class:`~retrofit.sampling.draws.RowRandom` (each row its own stream), or the single-generator
-:class:`~retrofit.sampling.draws.RandomSource`; both have ``uniform`` and ``poisson`` (re-exported here).
+:class:`~retrofit.sampling.draws.RandomSource`; both have ``uniform`` and ``poisson``.
 
 Example::
 
@@ -33,8 +33,6 @@ from retrofit.sampling.prompt_cache import PromptCache
 
 __all__ = [
     "Prediction",
-    "RandomSource",
-    "RowRandom",
     "above_threshold",
     "allowed_gaps",
     "cap_insertions",

@@ -21,7 +21,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 import retrofit.models  # noqa: F401  (registers the Auto classes)
-from retrofit.export.pipeline import ExportError, export_checkpoint
+from retrofit.export.models import ExportError
+from retrofit.export.pipeline import export_checkpoint
 from retrofit.export.shards import ShardWriter
 from retrofit.io_utils import sha256_file
 from retrofit.training.checkpoint import MANIFEST_NAME, CheckpointError, read_manifest, write_manifest
@@ -79,7 +80,7 @@ def test_export_folder_contents(trained_checkpoint, fp32_export):
     assert config["dtype"] == "float32" and config["canvas_width"] == 64
     assert config["insertion_schedule"]["name"] == "geometric"
     generation = json.loads((out / "generation_config.json").read_text())
-    from retrofit.sampling.flexmdm import FlexMDMSamplerConfig
+    from retrofit.sampling.flexmdm_config import FlexMDMSamplerConfig
 
     assert generation["sampler"]["steps"] == FlexMDMSamplerConfig().steps
     assert generation["mask_token_id"] == config["mask_token_id"] and generation["unmasking_schedule"] == {

@@ -7,7 +7,8 @@ import shutil
 
 import pytest
 
-from retrofit.export.pipeline import export_checkpoint, prompt_template_of
+from retrofit.export.generation import prompt_template_of
+from retrofit.export.pipeline import export_checkpoint
 from retrofit.training.checkpoint import MANIFEST_NAME, read_manifest, write_manifest
 
 GSM8K = {"format": "sft", "source": "gsm8k", "split": "train"}

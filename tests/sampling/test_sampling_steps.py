@@ -8,9 +8,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from retrofit.sampling.draws import poisson_from_uniform
+from retrofit.sampling.draws import RandomSource, poisson_from_uniform
 from retrofit.sampling.steps import (
-    RandomSource,
     allowed_gaps,
     cap_insertions,
     confidence,
