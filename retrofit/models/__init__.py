@@ -7,7 +7,8 @@ load LLaDA folders (even with an `auto_map` in config.json) without `trust_remot
 
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForMaskedLM
 
-from retrofit.models.flexmdm import FlexMDMConfig, FlexMDMModel
+from retrofit.models.flexmdm import FlexMDMModel
+from retrofit.models.flexmdm_config import FlexMDMConfig
 from retrofit.models.llada import LLaDAConfig, LLaDAModelLM
 
 

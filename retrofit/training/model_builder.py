@@ -155,7 +155,8 @@ def _load_grafted(recipe: Recipe, base: str, meta: bool) -> torch.nn.Module:
         ValueError: the recipe asks for something the folder cannot be (pretraining, the MDM
             loss), or its `model.graft` / `objective` schedules contradict the folder's config.json.
     """
-    from retrofit.models.flexmdm import FlexMDMConfig, FlexMDMModel
+    from retrofit.models.flexmdm import FlexMDMModel
+    from retrofit.models.flexmdm_config import FlexMDMConfig
     from retrofit.schedules import make_schedule
 
     where = f"{Path(base) / 'config.json'} (model_type flexmdm)"
