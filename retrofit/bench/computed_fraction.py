@@ -41,7 +41,8 @@ class FractionOptions:
         batch: B per rank. accum: G micro-steps per optimizer step. world_size: W emulated ranks.
         steps: optimizer steps measured. time_mode: the collator's time sampling.
         insertion_schedule: alpha. pack_tokens: packed row budget (None: one row per micro-batch).
-        layouts: which layouts to measure. seed: data and collator seed.
+        layouts: which layouts to measure. seed: data and collator seed. data_dir: GSM8K folder
+            for lengths "gsm8k" (None = RETROFIT_DATA_DIR).
         mask_id, pad_id: token ids (random tokens stay below both).
     """
 
@@ -56,6 +57,7 @@ class FractionOptions:
     pack_tokens: int | None = None
     layouts: tuple[str, ...] = LAYOUTS
     seed: int = 0
+    data_dir: str | None = None
     mask_id: int = 126336
     pad_id: int = 126081
 
@@ -90,7 +92,7 @@ def _random_features(opts: FractionOptions) -> list[dict[str, Any]]:
     """A pool of random examples of the `opts.lengths` workload (one per example consumed)."""
     from retrofit.bench.lengths import gsm8k_length_table, make_features
 
-    table = gsm8k_length_table() if opts.lengths == "gsm8k" else None
+    table = gsm8k_length_table(opts.data_dir) if opts.lengths == "gsm8k" else None
     gen = torch.Generator().manual_seed(opts.seed)
     needed = opts.steps * opts.accum * opts.world_size * opts.batch
     vocab = min(opts.mask_id, opts.pad_id)
@@ -168,7 +170,7 @@ def run_fraction_command(args: Any) -> dict[str, Any]:
         opts = FractionOptions(
             lengths=args.lengths, canvas=args.canvas, batch=args.batch, accum=args.accum,
             world_size=args.world_size, steps=args.steps, pack_tokens=args.pack_tokens, layouts=layouts,
-            seed=args.seed,
+            seed=args.seed, data_dir=args.data_dir,
         )  # fmt: skip
         return run_computed_fraction(opts)
     from retrofit.bench.recipe_workload import recipe_workload

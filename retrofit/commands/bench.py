@@ -145,6 +145,9 @@ def _fraction_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pack-tokens", type=int, default=None, help="packed row budget (default: one row)")
     p.add_argument("--layouts", nargs="+", choices=["trimmed", "packed", "group_by_length"],
                    default=["trimmed", "packed", "group_by_length"], help="batch layouts to measure")  # fmt: skip
+    p.add_argument(
+        "--data-dir", default=None, help="GSM8K folder for --lengths gsm8k (default $RETROFIT_DATA_DIR)"
+    )
     _recipe_args(p)
     _common(p, "computed-fraction")
 
