@@ -105,7 +105,7 @@ class PackedLayout:
         ids = self.document_ids
         return (ids[:, :, None] == ids[:, None, :])[:, None]
 
-    def block_mask(self, num_heads: int):
+    def block_mask(self):
         """FlexAttention BlockMask of the document mask (built once, shared by every block)."""
         if self._block_mask is None:
             from torch.nn.attention.flex_attention import create_block_mask
@@ -153,7 +153,7 @@ def packed_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: 
         from torch.nn.attention.flex_attention import flex_attention
 
         run = _compiled_flex_attention() if q.is_cuda else flex_attention
-        return run(q, k, v, block_mask=layout.block_mask(q.shape[1]))
+        return run(q, k, v, block_mask=layout.block_mask())
     rows = []
     for r, runs in enumerate(layout.segments):
         parts = [
